@@ -1,0 +1,136 @@
+"""stgnn-launch's own HDF5 layout: any number of features, chunked along time, written in pieces.
+
+Layout (version 1):
+    /              attrs: layout = "stgnn-launch-series", version = 1
+    /values        float32, T x N x F, chunks of (chunk_steps, N, F)
+    /timestamps    int64, T, nanoseconds since the Unix epoch (UTC, naive)
+    /sensor_ids    UTF-8 strings, N
+    /feature_names UTF-8 strings, F
+    /adjacency     float32, N x N (optional; same sensor order)
+
+Chunking along time lets a reader take any time range (a rank's shard) without reading the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from stgnn_launch.data.series import Series
+from stgnn_launch.errors import UserError
+
+LAYOUT = "stgnn-launch-series"
+VERSION = 1
+_STR = h5py.string_dtype("utf-8")
+
+
+class NativeWriter:
+    """Writes a series block by block into a temporary file, renamed into place on `close()`.
+
+    Memory use is one block, whatever T; a crash leaves no half-written file under the final name.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        num_steps: int,
+        sensor_ids: list[str],
+        feature_names: list[str],
+        chunk_steps: int = 2048,
+        adjacency: np.ndarray | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        n, f = len(sensor_ids), len(feature_names)
+        self._file = h5py.File(self._tmp, "w")
+        self._file.attrs["layout"] = LAYOUT
+        self._file.attrs["version"] = VERSION
+        chunk = (max(1, min(chunk_steps, num_steps)), n, f)
+        self._values = self._file.create_dataset("values", (num_steps, n, f), dtype="float32", chunks=chunk)
+        self._times = self._file.create_dataset("timestamps", (num_steps,), dtype="int64")
+        self._file.create_dataset("sensor_ids", data=np.array([str(s) for s in sensor_ids], dtype=object), dtype=_STR)
+        self._file.create_dataset("feature_names", data=np.array(feature_names, dtype=object), dtype=_STR)
+        if adjacency is not None:
+            self._file.create_dataset("adjacency", data=np.asarray(adjacency, dtype=np.float32))
+        self._num_steps = num_steps
+        self._written = 0
+
+    def write(self, values: np.ndarray, timestamps: np.ndarray) -> None:
+        """Append the next block: values k x N x F, timestamps k (datetime64 or int64 ns)."""
+        k = values.shape[0]
+        end = self._written + k
+        if end > self._num_steps:
+            raise ValueError(f"writer got {end} steps, more than the {self._num_steps} declared")
+        self._values[self._written:end] = values
+        self._times[self._written:end] = np.asarray(timestamps).astype("datetime64[ns]").view(np.int64)
+        self._written = end
+
+    def close(self) -> Path:
+        self._file.close()
+        if self._written != self._num_steps:
+            self._tmp.unlink(missing_ok=True)
+            raise ValueError(f"writer closed after {self._written} of {self._num_steps} steps")
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "NativeWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def is_native(file: h5py.File) -> bool:
+    return file.attrs.get("layout") == LAYOUT
+
+
+def write_series(path: str | os.PathLike, series: Series, chunk_steps: int = 2048) -> Path:
+    """Write a whole in-memory series in the native layout (block by block, atomically)."""
+    with NativeWriter(path, series.num_steps, series.sensor_ids, series.feature_names, chunk_steps,
+                      series.adjacency) as writer:
+        values = series.values.numpy()
+        for start in range(0, series.num_steps, chunk_steps):
+            stop = min(start + chunk_steps, series.num_steps)
+            writer.write(values[start:stop], series.timestamps[start:stop])
+    return Path(path)
+
+
+def read_native(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> Series:
+    """Read steps [start, stop) of a native file straight into one float32 tensor."""
+    path = Path(path)
+    with h5py.File(path, "r") as file:
+        if not is_native(file):
+            raise UserError(f"{path}: expected an HDF5 file in the {LAYOUT} layout, found attrs {dict(file.attrs)}")
+        version = int(file.attrs.get("version", -1))
+        if version != VERSION:
+            raise UserError(f"{path}: expected {LAYOUT} version {VERSION}, found version {version}")
+        values = file["values"]
+        total = values.shape[0]
+        stop = total if stop is None else min(stop, total)
+        if not 0 <= start < stop:
+            raise UserError(f"{path}: expected a time range inside [0, {total}), found [{start}, {stop})")
+        out = np.empty((stop - start,) + values.shape[1:], dtype=np.float32)
+        values.read_direct(out, np.s_[start:stop])
+        timestamps = file["timestamps"][start:stop].view("datetime64[ns]")
+        sensor_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in file["sensor_ids"][()]]
+        names = [s.decode() if isinstance(s, bytes) else str(s) for s in file["feature_names"][()]]
+        adjacency = file["adjacency"][()] if "adjacency" in file else None
+    return Series(torch.from_numpy(out), timestamps, sensor_ids, adjacency, names)
+
+
+def native_shape(path: str | os.PathLike) -> tuple[int, int, int]:
+    """T, N, F of a native file without reading its values."""
+    with h5py.File(path, "r") as file:
+        return tuple(file["values"].shape)  # type: ignore[return-value]

@@ -1,0 +1,101 @@
+"""The in-memory series every reader produces and everything downstream consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from stgnn_launch.errors import UserError
+
+
+@dataclass
+class Series:
+    """One copy of a sensor network's readings.
+
+    values:      T x N x F float32 tensor (F measured features, e.g. speed; missing readings are 0 or NaN)
+    timestamps:  T datetime64[ns] array, evenly spaced
+    sensor_ids:  N strings, the column order of `values`
+    adjacency:   N x N float32 weighted adjacency in the same sensor order, or None until a graph is attached
+    feature_names: F names (default "value", "value_1", ...)
+    """
+
+    values: torch.Tensor
+    timestamps: np.ndarray
+    sensor_ids: list[str]
+    adjacency: np.ndarray | None = None
+    feature_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 3 or self.values.dtype != torch.float32:
+            raise UserError(
+                f"series values: expected a T x N x F float32 tensor, found shape {tuple(self.values.shape)} "
+                f"dtype {self.values.dtype}"
+            )
+        t, n, f = self.values.shape
+        self.timestamps = np.asarray(self.timestamps).astype("datetime64[ns]")
+        if self.timestamps.shape != (t,):
+            raise UserError(f"series timestamps: expected {t} (one per step), found {self.timestamps.shape[0]}")
+        self.sensor_ids = [str(s) for s in self.sensor_ids]
+        if len(self.sensor_ids) != n:
+            raise UserError(f"series sensor ids: expected {n} (one per column), found {len(self.sensor_ids)}")
+        if not self.feature_names:
+            self.feature_names = ["value"] + [f"value_{i}" for i in range(1, f)]
+        if len(self.feature_names) != f:
+            raise UserError(f"series feature names: expected {f}, found {len(self.feature_names)}")
+        if self.adjacency is not None:
+            self.adjacency = np.asarray(self.adjacency, dtype=np.float32)
+            if self.adjacency.shape != (n, n):
+                raise UserError(
+                    f"graph adjacency: expected {n} x {n} to match the series' {n} sensors, "
+                    f"found {self.adjacency.shape[0]} x {self.adjacency.shape[1]}"
+                )
+
+    @property
+    def num_steps(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def num_nodes(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def num_features(self) -> int:
+        return self.values.shape[2]
+
+    @property
+    def step(self) -> np.timedelta64:
+        """The sampling interval (taken from the first two timestamps)."""
+        if self.num_steps < 2:
+            return np.timedelta64(0, "ns")
+        return self.timestamps[1] - self.timestamps[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.element_size() * self.values.nelement()
+
+
+def regular_timestamps(start: str, freq: str, steps: int) -> np.ndarray:
+    """`steps` evenly spaced datetime64[ns] from `start` every `freq` (e.g. '5min', '1h', '30s')."""
+    try:
+        origin = np.datetime64(start, "ns")
+    except ValueError as err:
+        raise UserError(f"start time: expected an ISO date like 2012-03-01T00:00, found {start!r}") from err
+    return origin + np.arange(steps, dtype=np.int64) * parse_freq(freq)
+
+
+_UNITS = {"s": "s", "sec": "s", "min": "m", "m": "m", "t": "m", "h": "h", "d": "D", "ms": "ms"}
+
+
+def parse_freq(freq: str) -> np.timedelta64:
+    """'5min' -> numpy timedelta; accepts s, min (or m/T), h, d, ms with an optional integer count."""
+    text = str(freq).strip().lower()
+    digits = "".join(ch for ch in text if ch.isdigit())
+    unit = text[len(digits):]
+    if not text.startswith(digits) or unit not in _UNITS:
+        raise UserError(f"step frequency: expected a count and unit like '5min', '1h', '30s', found {freq!r}")
+    count = int(digits) if digits else 1
+    if count <= 0:
+        raise UserError(f"step frequency: expected a positive step, found {freq!r}")
+    return np.timedelta64(count, _UNITS[unit]).astype("timedelta64[ns]")

@@ -1,0 +1,75 @@
+"""Name -> model class. Each model module registers itself; `build_model` looks it up.
+
+The contract every model honours:
+    model = Cls(spec, **hparams)                    # hparams come from conf/model/<name>.yaml
+    y_hat = model(x, targets=None)                  # x: B x W x N x F_in -> y_hat: B x H x N x F_out
+x holds, per node and step, the z-scored measured features (first `spec.out_features` channels are the
+targets' features) followed by the covariates (time-of-day fraction, then day-of-week if enabled).
+Predictions are in the z-scored space; the trainer de-normalizes them before any loss or metric.
+`targets` (B x H x N x F_out, z-scored) is given only while training, for teacher forcing.
+Models with `trainable = False` (baselines) are fitted once by `fit(train_values, train_slots)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from torch import nn
+
+from stgnn_launch.errors import UserError
+
+_MODELS: dict[str, type[nn.Module]] = {}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the data tells a model about its inputs and outputs."""
+
+    num_nodes: int
+    in_features: int  # F_in: measured features + covariates
+    out_features: int  # F_out: predicted features (the first F_out measured ones)
+    window: int  # W input steps
+    horizon: int  # H output steps
+    adjacency: np.ndarray  # N x N float32, weighted, row = source sensor
+    steps_per_day: int  # e.g. 288 for 5-minute data
+
+
+def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name] = cls
+        return cls
+
+    return add
+
+
+def _import_all() -> None:
+    """Import every module of this package so that their @register lines run."""
+    package = importlib.import_module("stgnn_launch.models")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"stgnn_launch.models.{info.name}")
+
+
+def available_models() -> list[str]:
+    _import_all()
+    return sorted(_MODELS)
+
+
+def model_class(name: str) -> type[nn.Module]:
+    _import_all()
+    if name not in _MODELS:
+        raise UserError(f"model.name: expected one of {', '.join(sorted(_MODELS))}, found {name!r}")
+    return _MODELS[name]
+
+
+def build_model(name: str, spec: ModelSpec, hparams: dict) -> nn.Module:
+    cls = model_class(name)
+    try:
+        return cls(spec, **hparams)
+    except TypeError as err:
+        raise UserError(f"model {name}: hyperparameters {sorted(hparams)} do not fit: {err}") from err
