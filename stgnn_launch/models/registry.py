@@ -7,7 +7,9 @@ x holds, per node and step, the z-scored measured features (first `spec.out_feat
 targets' features) followed by the covariates (time-of-day fraction, then day-of-week if enabled).
 Predictions are in the z-scored space; the trainer de-normalizes them before any loss or metric.
 `targets` (B x H x N x F_out, z-scored) is given only while training, for teacher forcing.
-Models with `trainable = False` (baselines) are fitted once by `fit(train_values, train_slots)`.
+Models with `trainable = False` (baselines) are fitted once by `fit(train_values, train_observed, train_slots)`:
+z-scored T_train x N x F_out values, a bool mask of the same shape (True = a real reading) and the
+time-of-day slot (0 .. steps_per_day - 1) of each training step.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ModelSpec:
     horizon: int  # H output steps
     adjacency: np.ndarray  # N x N float32, weighted, row = source sensor
     steps_per_day: int  # e.g. 288 for 5-minute data
+    tod_channel: int  # index in x's last axis of the time-of-day fraction covariate
 
 
 def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
