@@ -1,0 +1,54 @@
+"""`stgnn-train`: compose the config with Hydra, validate it, then train here, under torchrun, or on Slurm."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from stgnn_launch.config.load import save_run_config, to_config
+from stgnn_launch.dist.context import in_torchrun
+from stgnn_launch.errors import UserError
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def launch(cfg: DictConfig) -> int:
+    config = to_config(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    config.run_dir = str(run_dir)
+    save_run_config(config, run_dir)
+    if config.launcher.name == "slurm":
+        from stgnn_launch.launch.slurm import submit
+
+        return submit(config, run_dir)
+    if config.gpus > 1 and not in_torchrun():
+        from stgnn_launch.launch.local import run_torchrun_locally
+
+        return run_torchrun_locally(config, run_dir)
+    from stgnn_launch.train.run import run_training
+
+    run_training(config, run_dir)
+    return 0
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _app(cfg: DictConfig) -> None:
+    try:
+        code = launch(cfg)
+    except UserError as err:
+        print(f"stgnn-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    _app()
+
+
+if __name__ == "__main__":
+    main()

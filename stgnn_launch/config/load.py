@@ -1,0 +1,41 @@
+"""Composed Hydra config (DictConfig) <-> validated `Config` dataclasses, and the run's config file."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from stgnn_launch.config.schema import Config
+from stgnn_launch.errors import UserError
+
+RUN_CONFIG = "config.yaml"  # the resolved config every rank, eval and resume read back
+
+
+def to_config(cfg: DictConfig | dict) -> Config:
+    """Check keys and types against the schema, then ranges (dataclass __post_init__)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        message = str(getattr(err, "msg", None) or err).splitlines()[0]
+        raise UserError(f"{key}: {message}") from None
+
+
+def save_run_config(cfg: Config, run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RUN_CONFIG
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(asdict(cfg))))
+    tmp.replace(path)
+    return path
+
+
+def load_run_config(run_dir: Path) -> Config:
+    path = run_dir / RUN_CONFIG
+    if not path.is_file():
+        raise UserError(f"run directory {run_dir}: expected {RUN_CONFIG} written by stgnn-train, found none")
+    return to_config(OmegaConf.load(path))

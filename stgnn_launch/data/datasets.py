@@ -1,0 +1,42 @@
+"""Dataset config -> Series with its graph attached and checked against the series' sensor order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from stgnn_launch.config.schema import DatasetConfig
+from stgnn_launch.data.series import Series
+from stgnn_launch.errors import UserError
+
+
+def cache_root(cfg: DatasetConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    return Path(os.environ.get("STGNN_CACHE", Path.home() / ".cache" / "stgnn-launch"))
+
+
+def series_path(cfg: DatasetConfig) -> Path:
+    """The file the series is read from (generating the synthetic set on first use)."""
+    if cfg.name == "synthetic" and cfg.path is None:
+        from stgnn_launch.data.synthetic import ensure_synthetic
+
+        return ensure_synthetic(cache_root(cfg) / "synthetic", cfg.num_nodes, cfg.num_steps, cfg.seed)
+    return Path(cfg.path).expanduser()  # type: ignore[arg-type]
+
+
+def load_dataset(cfg: DatasetConfig) -> Series:
+    from stgnn_launch.data.load import load_series
+
+    series = load_series(series_path(cfg), key=cfg.key, start=cfg.start, freq=cfg.freq,
+                         axis_order=cfg.axis_order, cache_dir=cache_root(cfg) / "converted")
+    if cfg.adj_path:
+        from stgnn_launch.data.graph import load_graph
+
+        adjacency, _ = load_graph(Path(cfg.adj_path).expanduser(), sensor_ids=series.sensor_ids)
+        series.adjacency = adjacency
+        series.__post_init__()  # re-check the graph's size against the series
+    if series.adjacency is None:
+        raise UserError(f"dataset.adj_path: expected a graph file for dataset {cfg.name!r} "
+                        f"(the series file carries none), found {cfg.adj_path!r}")
+    return series

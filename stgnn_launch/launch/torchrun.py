@@ -1,0 +1,27 @@
+"""The torchrun command line, built by one pure function for the local and the Slurm launchers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+WORKER_MODULE = "stgnn_launch.train.worker"
+
+
+def build_torchrun_cmd(*, nnodes: int, nproc_per_node: int, run_dir: Path | str, standalone: bool = False,
+                       rdzv_endpoint: str | None = None, rdzv_id: str | None = None, max_restarts: int = 0,
+                       python: str = sys.executable) -> list[str]:
+    """`python -m torch.distributed.run` (torchrun) starting every rank's worker on one node.
+
+    standalone: one node, rendezvous on a free local port. Otherwise a c10d rendezvous at
+    `rdzv_endpoint` (host:port of the first node) shared by all `nnodes` nodes under `rdzv_id`.
+    """
+    cmd = [python, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}",
+           f"--max_restarts={max_restarts}"]
+    if standalone:
+        cmd.append("--standalone")
+    else:
+        if not rdzv_endpoint:
+            raise ValueError("a multi-node torchrun needs a rendezvous endpoint")
+        cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv_endpoint}", f"--rdzv_id={rdzv_id or 'stgnn'}"]
+    return cmd + ["-m", WORKER_MODULE, str(run_dir)]
