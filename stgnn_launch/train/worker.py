@@ -6,6 +6,7 @@ composing Hydra again, so every rank runs exactly the config the user launched.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args[0])
     try:
         cfg = load_run_config(run_dir)
+        # A rank restarted by torchrun (--max-restarts) or a job requeued by Slurm continues its run.
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        cfg.trainer.resume = cfg.trainer.resume or restarted or os.environ.get("STGNN_RESUME") == "1"
         run_training(cfg, run_dir)
     except UserError as err:
         print(f"stgnn-train: error: {err}", file=sys.stderr)
