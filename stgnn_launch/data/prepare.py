@@ -107,8 +107,11 @@ def fit_scaler(values: torch.Tensor, stop: int, null_value: float, chunk_steps: 
 
 
 def fill_missing(values: torch.Tensor, null_value: float) -> None:
-    """NaN readings become the null value, in place, so that one marker means 'missing' everywhere."""
-    values.nan_to_num_(nan=null_value)
+    """NaN readings become the null value, in place, so that one marker means 'missing' everywhere.
+
+    Looks before it writes: a series shared by a node's ranks is then written by its creator only."""
+    if bool(torch.isnan(values).any()):
+        values.nan_to_num_(nan=null_value)
 
 
 @dataclass
