@@ -1,0 +1,127 @@
+"""One entry point from any supported series file to a `Series`.
+
+HDF5 files (our native layout or a pandas HDFStore frame) are read directly. CSV, NPY and NPZ files are
+converted once into the native layout in a cache folder and read from there afterwards: parsing text
+is slow, and the native file lets every later run (and every rank) read any time range cheaply.
+A cache entry is named after the source's absolute path and keyed by its size, mtime and the options
+that shape the result; one entry is kept per source file.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import h5py
+
+from stgnn_launch.data.hdf5_native import NativeWriter, is_native, read_native, write_series
+from stgnn_launch.data.hdf5_pandas import is_pandas_hdf, open_hdf5, read_pandas_hdf
+from stgnn_launch.data.series import Series
+from stgnn_launch.data.tabular import DEFAULT_FREQ, DEFAULT_START, TableSource, array_source, collect, csv_source
+from stgnn_launch.errors import UserError
+
+HDF5_SUFFIXES = (".h5", ".hdf5")
+CONVERTED_SUFFIXES = (".csv", ".npy", ".npz")
+SERIES_SUFFIXES = HDF5_SUFFIXES + CONVERTED_SUFFIXES
+_CACHE_VERSION = 1  # bump when a converter's output changes, so old cache entries are not reused
+
+
+def default_cache_dir() -> Path:
+    """$STGNN_CACHE/converted, else ~/.cache/stgnn-launch/converted (the dataset config's convention)."""
+    return Path(os.environ.get("STGNN_CACHE", Path.home() / ".cache" / "stgnn-launch")) / "converted"
+
+
+def load_series(path: str | os.PathLike, *, key: str | None = None, start: str = DEFAULT_START,
+                freq: str = DEFAULT_FREQ, axis_order: str = "TN", cache_dir: str | os.PathLike | None = None
+                ) -> Series:
+    """Read a series file; CSV/NPY/NPZ go through the native-layout cache (converted on first use)."""
+    path = _series_file(path)
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        return _read_hdf5(path, key)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    options = _options(path, key, start, freq, axis_order)
+    source_id = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    stat = path.stat()
+    state = json.dumps([_CACHE_VERSION, stat.st_size, stat.st_mtime_ns, options], sort_keys=True)
+    cached = root / f"{path.stem}-{source_id}-{hashlib.sha256(state.encode()).hexdigest()[:12]}.h5"
+    if not cached.is_file():
+        convert_to_native(path, cached, key=key, start=start, freq=freq, axis_order=axis_order)
+        for stale in root.glob(f"{glob.escape(path.stem)}-{source_id}-*.h5"):
+            if stale != cached:
+                stale.unlink(missing_ok=True)
+    return read_native(cached)
+
+
+def read_series(path: str | os.PathLike, *, key: str | None = None, start: str = DEFAULT_START,
+                freq: str = DEFAULT_FREQ, axis_order: str = "TN") -> Series:
+    """Read any supported series file straight into memory, without the cache."""
+    path = _series_file(path)
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        return _read_hdf5(path, key)
+    return collect(_source(path, key, start, freq, axis_order))
+
+
+def convert_to_native(input: str | os.PathLike, out: str | os.PathLike, *, key: str | None = None,
+                      start: str = DEFAULT_START, freq: str = DEFAULT_FREQ, axis_order: str = "TN") -> Path:
+    """Write any supported series file in the native layout; atomic, so a failure leaves no `out`."""
+    path, out = _series_file(input), Path(out)
+    if out.suffix.lower() not in HDF5_SUFFIXES:
+        raise UserError(f"output {out}: expected a name ending in {' or '.join(HDF5_SUFFIXES)}, "
+                        f"found suffix {out.suffix!r}")
+    if out.resolve() == path.resolve():
+        raise UserError(f"output {out}: expected a file other than the input, found the input itself")
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        return write_series(out, _read_hdf5(path, key))
+    source = _source(path, key, start, freq, axis_order)
+    with NativeWriter(out, source.num_steps, source.sensor_ids, source.feature_names) as writer:
+        for values, timestamps in source.blocks():
+            writer.write(values, timestamps)
+    return out
+
+
+def _series_file(path: str | os.PathLike) -> Path:
+    path = Path(path).expanduser()
+    accepted = ", ".join(SERIES_SUFFIXES)
+    if path.suffix.lower() not in SERIES_SUFFIXES:
+        raise UserError(f"series file {path}: expected a name ending in one of {accepted}, "
+                        f"found suffix {path.suffix!r}")
+    if not path.is_file():
+        raise UserError(f"series file {path}: expected an existing file ({accepted}), found nothing there")
+    return path
+
+
+def _read_hdf5(path: Path, key: str | None) -> Series:
+    with open_hdf5(path) as file:
+        native, pandas = is_native(file), is_pandas_hdf(file)
+        found = _top_level(file)
+    if native:
+        return read_native(path)
+    if pandas:
+        return read_pandas_hdf(path, key)
+    raise UserError(f"{path}: expected an HDF5 series in the stgnn-launch layout or a pandas HDFStore "
+                    f"frame, found top level {found}")
+
+
+def _top_level(file: h5py.File) -> str:
+    items = [f"{name} (group)" if isinstance(obj, h5py.Group) else f"{name} (dataset {obj.shape} {obj.dtype})"
+             for name, obj in file.items()]
+    return ", ".join(items) or "nothing"
+
+
+def _source(path: Path, key: str | None, start: str, freq: str, axis_order: str) -> TableSource:
+    if path.suffix.lower() == ".csv":
+        return csv_source(path, start, freq)
+    return array_source(path, key, axis_order, start, freq)
+
+
+def _options(path: Path, key: str | None, start: str, freq: str, axis_order: str) -> dict[str, str | None]:
+    """The options that change what a conversion of this kind of file produces."""
+    options: dict[str, str | None] = {"start": start, "freq": freq}
+    if path.suffix.lower() != ".csv":
+        options["axis_order"] = str(axis_order).upper()
+    if path.suffix.lower() == ".npz":
+        options["key"] = key
+    return options
