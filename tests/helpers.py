@@ -43,6 +43,9 @@ def compose_config(*overrides: str):
     from hydra import compose, initialize_config_dir
 
     from stgnn_launch.config.load import to_config
+    from stgnn_launch.config.schema import register_configs
+
+    register_configs()
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))

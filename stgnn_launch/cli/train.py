@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from stgnn_launch.config.load import save_run_config, to_config
+from stgnn_launch.config.schema import register_configs
 from stgnn_launch.dist.context import in_torchrun
 from stgnn_launch.errors import UserError
 
@@ -35,18 +37,27 @@ def launch(cfg: DictConfig) -> int:
     return 0
 
 
+def discard_if_empty(run_dir: Path) -> None:
+    """A run refused before it started leaves no directory behind (Hydra creates it up front)."""
+    hydra_only = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_only:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
     try:
         code = launch(cfg)
     except UserError as err:
         print(f"stgnn-train: error: {err}", file=sys.stderr)
+        discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
     if code:
         sys.exit(code)
 
 
 def main() -> None:
+    register_configs()
     _app()
 
 

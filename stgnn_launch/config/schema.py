@@ -156,3 +156,11 @@ class Config:
         if self.launcher.name == "slurm":
             _check(self.gpus % self.launcher.gpus_per_node == 0, "gpus",
                    f"a multiple of launcher.gpus_per_node={self.launcher.gpus_per_node}", self.gpus)
+
+
+def register_configs() -> None:
+    """Put the schema under conf/'s groups: every key exists, typed, before any override is applied."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="schema", node=Config)

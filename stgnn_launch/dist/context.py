@@ -58,8 +58,20 @@ def init_distributed(use_cuda: bool | None = None) -> DistContext:
     if world > 1:
         backend = "nccl" if cuda else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(backend=backend, device_id=device if cuda else None)
+            dist.init_process_group(backend=backend, store=_attempt_store(rank, world), rank=rank,
+                                    world_size=world, device_id=device if cuda else None)
     return DistContext(rank, local_rank, world, local_world, device, backend)
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store:
+    """The torchrun store under a prefix of this restart attempt.
+
+    torchrun keeps one store across --max-restarts; without a fresh prefix, restarted ranks can read
+    the dead ranks' addresses and fail to connect ("Connection refused").
+    """
+    store, _, _ = next(dist.rendezvous("env://", rank, world))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"stgnn/attempt_{attempt}", store)
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:

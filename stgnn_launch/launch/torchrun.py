@@ -10,7 +10,7 @@ WORKER_MODULE = "stgnn_launch.train.worker"
 
 def build_torchrun_cmd(*, nnodes: int, nproc_per_node: int, run_dir: Path | str, standalone: bool = False,
                        rdzv_endpoint: str | None = None, rdzv_id: str | None = None, max_restarts: int = 0,
-                       python: str = sys.executable) -> list[str]:
+                       python: str = sys.executable, worker_args: tuple[str, ...] = ()) -> list[str]:
     """`python -m torch.distributed.run` (torchrun) starting every rank's worker on one node.
 
     standalone: one node, rendezvous on a free local port. Otherwise a c10d rendezvous at
@@ -24,4 +24,4 @@ def build_torchrun_cmd(*, nnodes: int, nproc_per_node: int, run_dir: Path | str,
         if not rdzv_endpoint:
             raise ValueError("a multi-node torchrun needs a rendezvous endpoint")
         cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv_endpoint}", f"--rdzv_id={rdzv_id or 'stgnn'}"]
-    return cmd + ["-m", WORKER_MODULE, str(run_dir)]
+    return cmd + ["-m", WORKER_MODULE, str(run_dir), *worker_args]

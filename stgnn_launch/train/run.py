@@ -100,6 +100,26 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
         shutdown(ctx)
 
 
+def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
+    """Metrics of the run's best checkpoint on `split` with this world size; rank 0 writes
+    eval_<split>_w<world>.json. Errors and masks are summed over ranks, so any world size agrees."""
+    ctx = init_distributed(use_cuda=torch.cuda.is_available() and not cfg.launcher.cpu)
+    try:
+        prepared, batcher, model, facts = build_pipeline(cfg, ctx)
+        trainer = Trainer(cfg, ctx, model, prepared, batcher, run_dir)
+        if trainer.trainable:
+            trainer.load_best(required=True)
+        metrics = trainer.evaluate(split)
+        record = {"run_dir": str(run_dir), "split": split, "world_size": ctx.world_size, "metrics": metrics,
+                  "checkpoint": str(trainer.ckpt_dir / "best.pt") if trainer.trainable else None}
+        if ctx.is_main:
+            write_json_atomic(record, run_dir / f"eval_{split}_w{ctx.world_size}.json")
+            print(format_test(metrics).replace("test metrics", f"{split} metrics"), flush=True)
+        return record
+    finally:
+        shutdown(ctx)
+
+
 def format_test(test: dict[str, dict[str, float]]) -> str:
     lines = ["test metrics (masked, de-normalized)", f"{'horizon':>8} {'MAE':>8} {'RMSE':>8} {'MAPE':>8}"]
     for step, m in test.items():

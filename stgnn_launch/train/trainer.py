@@ -174,9 +174,10 @@ class Trainer:
             if self.bad_epochs >= self.trainer_cfg.patience:
                 self._log(f"early stopping: no better validation MAE for {self.bad_epochs} epochs")
 
-    def load_best(self) -> None:
+    def load_best(self, required: bool = False) -> None:
+        """The best epoch's weights (by validation MAE); `required` for evaluating a finished run."""
         best = self.ckpt_dir / checkpoint.BEST
-        if self.trainable and best.is_file():
+        if self.trainable and (required or best.is_file()):
             self.model.load_state_dict(checkpoint.load(best)["model"])
 
     # ---- checkpoints -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Entry point of every rank: `python -m stgnn_launch.train.worker RUN_DIR`.
+"""Entry point of every rank: `python -m stgnn_launch.train.worker RUN_DIR [--eval SPLIT]`.
 
 torchrun (local or on Slurm) starts this module; it reads the run's resolved config rather than
 composing Hydra again, so every rank runs exactly the config the user launched.
@@ -6,27 +6,34 @@ composing Hydra again, so every rank runs exactly the config the user launched.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
 
 from stgnn_launch.config.load import load_run_config
 from stgnn_launch.errors import UserError
-from stgnn_launch.train.run import run_training
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m stgnn_launch.train.worker RUN_DIR", file=sys.stderr)
-        return 2
-    run_dir = Path(args[0])
+    parser = argparse.ArgumentParser(prog="python -m stgnn_launch.train.worker")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--eval", metavar="SPLIT", choices=["train", "val", "test"],
+                        help="evaluate the run's best checkpoint instead of training")
+    args = parser.parse_args(argv)
     try:
-        cfg = load_run_config(run_dir)
+        cfg = load_run_config(args.run_dir)
+        if args.eval:
+            from stgnn_launch.train.run import run_evaluation
+
+            run_evaluation(cfg, args.run_dir, args.eval)
+            return 0
         # A rank restarted by torchrun (--max-restarts) or a job requeued by Slurm continues its run.
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
         cfg.trainer.resume = cfg.trainer.resume or restarted or os.environ.get("STGNN_RESUME") == "1"
-        run_training(cfg, run_dir)
+        from stgnn_launch.train.run import run_training
+
+        run_training(cfg, args.run_dir)
     except UserError as err:
         print(f"stgnn-train: error: {err}", file=sys.stderr)
         return 2

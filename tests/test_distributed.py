@@ -1,0 +1,93 @@
+"""Multi-process DDP for real: gloo ranks on this CPU, started by torchrun through stgnn-train."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import TINY
+
+pytestmark = pytest.mark.slow
+
+
+def stgnn_train(run_dir: Path, *overrides: str, wait: bool = True, timeout: float = 300):
+    cmd = [sys.executable, "-m", "stgnn_launch.cli.train", *TINY, f"hydra.run.dir={run_dir}", *overrides]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return proc
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def test_two_rank_dist_index_training_and_world_size_independent_eval(tmp_path):
+    run_dir = tmp_path / "run"
+    code, out = stgnn_train(run_dir, "gpus=2", "batching=dist_index", "trainer.max_epochs=2")
+    assert code == 0, out
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["world_size"] == 2 and record["backend"] == "gloo" and record["batching"] == "dist_index"
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2]
+    # every test window evaluated once: the mask count equals windows x horizon x sensors (minus missing)
+    windows = record["dataset"]["windows"]["test"]
+    assert 0.9 * windows * 12 * 10 < record["test"]["avg"]["count"] <= windows * 12 * 10
+    metrics = {}
+    for gpus in (1, 2):
+        proc = subprocess.run([sys.executable, "-m", "stgnn_launch.cli.eval", str(run_dir), f"gpus={gpus}"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        metrics[gpus] = json.loads((run_dir / f"eval_test_w{gpus}.json").read_text())["metrics"]
+    for horizon in ("3", "6", "12", "avg"):
+        for name in ("mae", "rmse", "mape"):
+            assert metrics[1][horizon][name] == pytest.approx(metrics[2][horizon][name], abs=1e-6)
+            assert metrics[1][horizon][name] == pytest.approx(record["test"][horizon][name], abs=1e-6)
+
+
+def test_more_ranks_than_the_node_has_is_a_clear_error(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    if torch.cuda.is_available():
+        pytest.skip("this node has GPUs; the CPU capacity message does not apply")
+    code, out = stgnn_train(tmp_path / "run", f"gpus={cores + 1}", "batching=dist_index")
+    assert code == 2
+    assert f"gpus: expected at most {cores} on this node" in out and f"found {cores + 1}" in out
+
+
+def worker_pids(run_dir: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            is_rank = b"stgnn_launch.train.worker" in cmdline and b"torch.distributed.run" not in cmdline
+            if is_rank and str(run_dir).encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path):
+    """SIGKILL one rank mid-epoch; torchrun restarts the ranks, which resume from the last checkpoint."""
+    run_dir = tmp_path / "run"
+    proc = stgnn_train(run_dir, "gpus=2", "batching=dist_index", "trainer.max_epochs=3", "launcher.max_restarts=1",
+                       "dataset.num_nodes=30", "dataset.num_steps=2500", "model.params.hidden=32", wait=False)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert last.exists(), proc.communicate()[0]
+    time.sleep(1.0)  # well inside epoch 2
+    victims = worker_pids(run_dir)
+    assert len(victims) == 2
+    os.kill(victims[1], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "resumed from" in out and "after epoch 1" in out
+    record = json.loads((run_dir / "results.json").read_text())
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3]
+    assert record["world_size"] == 2
+    assert all(v == v for v in (record["test"]["avg"]["mae"], record["test"]["avg"]["rmse"]))
