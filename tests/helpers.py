@@ -52,5 +52,23 @@ def compose_config(*overrides: str):
     return to_config(cfg)
 
 
-TINY = ("dataset.num_nodes=10", "dataset.num_steps=700", "batching.batch_size=16", "trainer.progress=false",
-        "model.params.hidden=8")
+TINY_DATA = ("dataset.num_nodes=10", "dataset.num_steps=700", "batching.batch_size=16", "trainer.progress=false")
+
+# Small hyperparameters per model, so that end-to-end tests stay fast on two cores.
+TINY_PARAMS = {
+    "tgcn": ("model.params.hidden=8",),
+    "a3tgcn": ("model.params.hidden=8",),
+    "dcrnn": ("model.params.rnn_units=8",),
+    "dcrnn_pgti": (),
+    "gwnet": ("model.params.residual_channels=8", "model.params.dilation_channels=8",
+              "model.params.skip_channels=16", "model.params.end_channels=16"),
+    "persistence": (),
+    "historical_average": (),
+}
+
+
+def tiny(model: str = "tgcn") -> tuple[str, ...]:
+    return (*TINY_DATA, f"model={model}", *TINY_PARAMS[model])
+
+
+TINY = tiny("tgcn")

@@ -86,6 +86,7 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "val": val,
             "test": test,
             "data_bytes": batcher.source.data_bytes,
+            "node_data_bytes": node_data_bytes(cfg, ctx, batcher.source.data_bytes, prepared),
             "peak_rss_bytes": peak_rss_bytes(),
             "wall_time_s": time.time() - started,
             "git_sha": git_sha(),
@@ -98,6 +99,15 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
         return record
     finally:
         shutdown(ctx)
+
+
+def node_data_bytes(cfg: Config, ctx: DistContext, rank_bytes: int, prepared: Prepared) -> int:
+    """Host memory for data on one node: a node-shared series counted once, private copies per rank."""
+    ranks = ctx.local_world_size
+    if cfg.batching.mode == "dist_index" and ranks > 1:
+        shared = prepared.values.element_size() * prepared.values.nelement()
+        return shared + ranks * (rank_bytes - shared)
+    return ranks * rank_bytes
 
 
 def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:

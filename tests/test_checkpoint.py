@@ -1,0 +1,62 @@
+"""Checkpoints: resuming reaches exactly the uninterrupted run; writes are atomic; loads are weights-only."""
+
+import pickle
+
+import pytest
+import torch
+
+from helpers import compose_config, tiny
+from stgnn_launch.errors import UserError
+from stgnn_launch.train import checkpoint
+from stgnn_launch.train.run import run_training
+
+
+def run(run_dir, *overrides):
+    cfg = compose_config("trainer.patience=50", *overrides)
+    cfg.run_dir = str(run_dir)
+    return run_training(cfg, run_dir)
+
+
+@pytest.mark.parametrize("model", ["tgcn", "dcrnn"])
+def test_two_epochs_then_resume_to_four_equals_four_straight(tmp_path, model):
+    base = [*tiny(model), "trainer.lr_milestones=[3]"]
+    straight = run(tmp_path / "straight", *base, "trainer.max_epochs=4")
+    run(tmp_path / "resumed", *base, "trainer.max_epochs=2")
+    resumed = run(tmp_path / "resumed", *base, "trainer.max_epochs=4", "trainer.resume=true")
+    strip = lambda epochs: [{k: v for k, v in e.items() if k not in ("epoch_time_s", "samples_per_s")} for e in epochs]
+    assert strip(resumed["epochs"]) == strip(straight["epochs"])
+    assert resumed["test"] == straight["test"]
+    a = checkpoint.load(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_atomic({"epoch": 2, "w": torch.zeros(3)}, path)
+    assert checkpoint.load(path)["epoch"] == 1  # the previous checkpoint survives whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoints_load_weights_only(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, path, pickle_module=pickle)
+    with pytest.raises(UserError, match="could not read it"):
+        checkpoint.load(path)
+    assert "this must never run" not in capsys.readouterr().out
+    with pytest.raises(UserError, match="expected a file"):
+        checkpoint.load(tmp_path / "missing.pt")
