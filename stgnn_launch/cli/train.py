@@ -22,6 +22,12 @@ def launch(cfg: DictConfig) -> int:
     config = to_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config.run_dir = str(run_dir)
+    if config.launcher.name == "slurm" and config.launcher.dry_run:
+        from stgnn_launch.launch.slurm import dry_run
+
+        code = dry_run(config, run_dir)
+        discard_if_empty(run_dir)  # a dry run leaves nothing behind
+        return code
     save_run_config(config, run_dir)
     if config.launcher.name == "slurm":
         from stgnn_launch.launch.slurm import submit

@@ -25,11 +25,23 @@ def series_path(cfg: DatasetConfig) -> Path:
     return Path(cfg.path).expanduser()  # type: ignore[arg-type]
 
 
-def load_dataset(cfg: DatasetConfig) -> Series:
+def _read_options(cfg: DatasetConfig) -> dict:
+    return {"key": cfg.key, "start": cfg.start, "freq": cfg.freq, "axis_order": cfg.axis_order,
+            "cache_dir": cache_root(cfg) / "converted"}
+
+
+def dataset_num_steps(cfg: DatasetConfig) -> int:
+    """T of the configured series, without reading its values."""
+    from stgnn_launch.data.load import series_num_steps
+
+    return series_num_steps(series_path(cfg), **_read_options(cfg))
+
+
+def load_dataset(cfg: DatasetConfig, time_range: tuple[int, int] | None = None) -> Series:
+    """The configured series (or only steps [first, stop) of it) with its graph attached."""
     from stgnn_launch.data.load import load_series
 
-    series = load_series(series_path(cfg), key=cfg.key, start=cfg.start, freq=cfg.freq,
-                         axis_order=cfg.axis_order, cache_dir=cache_root(cfg) / "converted")
+    series = load_series(series_path(cfg), time_range=time_range, **_read_options(cfg))
     if cfg.adj_path:
         from stgnn_launch.data.graph import load_graph
 

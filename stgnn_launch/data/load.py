@@ -17,8 +17,8 @@ from pathlib import Path
 
 import h5py
 
-from stgnn_launch.data.hdf5_native import NativeWriter, is_native, read_native, write_series
-from stgnn_launch.data.hdf5_pandas import is_pandas_hdf, open_hdf5, read_pandas_hdf
+from stgnn_launch.data.hdf5_native import NativeWriter, is_native, native_shape, read_native, write_series
+from stgnn_launch.data.hdf5_pandas import is_pandas_hdf, open_hdf5, pandas_hdf_shape, read_pandas_hdf
 from stgnn_launch.data.series import Series
 from stgnn_launch.data.tabular import DEFAULT_FREQ, DEFAULT_START, TableSource, array_source, collect, csv_source
 from stgnn_launch.errors import UserError
@@ -35,12 +35,30 @@ def default_cache_dir() -> Path:
 
 
 def load_series(path: str | os.PathLike, *, key: str | None = None, start: str = DEFAULT_START,
-                freq: str = DEFAULT_FREQ, axis_order: str = "TN", cache_dir: str | os.PathLike | None = None
-                ) -> Series:
-    """Read a series file; CSV/NPY/NPZ go through the native-layout cache (converted on first use)."""
+                freq: str = DEFAULT_FREQ, axis_order: str = "TN", cache_dir: str | os.PathLike | None = None,
+                time_range: tuple[int, int] | None = None) -> Series:
+    """Read a series file; CSV/NPY/NPZ go through the native-layout cache (converted on first use).
+
+    `time_range` = (first, stop) reads only those steps (HDF5 reads just the chunks they touch)."""
+    path, native = _readable_file(path, key, start, freq, axis_order, cache_dir)
+    first, stop = time_range if time_range is not None else (0, None)
+    return read_native(path, first, stop) if native else read_pandas_hdf(path, key, first, stop)
+
+
+def series_num_steps(path: str | os.PathLike, *, key: str | None = None, start: str = DEFAULT_START,
+                     freq: str = DEFAULT_FREQ, axis_order: str = "TN",
+                     cache_dir: str | os.PathLike | None = None) -> int:
+    """T of a series file without reading its values."""
+    path, native = _readable_file(path, key, start, freq, axis_order, cache_dir)
+    return native_shape(path)[0] if native else pandas_hdf_shape(path, key)[0]
+
+
+def _readable_file(path: str | os.PathLike, key: str | None, start: str, freq: str, axis_order: str,
+                   cache_dir: str | os.PathLike | None) -> tuple[Path, bool]:
+    """The HDF5 file to read (the source itself, or its native-layout cache entry) and whether it is native."""
     path = _series_file(path)
     if path.suffix.lower() in HDF5_SUFFIXES:
-        return _read_hdf5(path, key)
+        return path, _hdf5_kind(path) == "native"
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     options = _options(path, key, start, freq, axis_order)
     source_id = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
@@ -52,7 +70,7 @@ def load_series(path: str | os.PathLike, *, key: str | None = None, start: str =
         for stale in root.glob(f"{glob.escape(path.stem)}-{source_id}-*.h5"):
             if stale != cached:
                 stale.unlink(missing_ok=True)
-    return read_native(cached)
+    return cached, True
 
 
 def read_series(path: str | os.PathLike, *, key: str | None = None, start: str = DEFAULT_START,
@@ -94,13 +112,17 @@ def _series_file(path: str | os.PathLike) -> Path:
 
 
 def _read_hdf5(path: Path, key: str | None) -> Series:
+    return read_native(path) if _hdf5_kind(path) == "native" else read_pandas_hdf(path, key)
+
+
+def _hdf5_kind(path: Path) -> str:
+    """'native' or 'pandas'; anything else is refused with what the file holds."""
     with open_hdf5(path) as file:
-        native, pandas = is_native(file), is_pandas_hdf(file)
+        if is_native(file):
+            return "native"
+        if is_pandas_hdf(file):
+            return "pandas"
         found = _top_level(file)
-    if native:
-        return read_native(path)
-    if pandas:
-        return read_pandas_hdf(path, key)
     raise UserError(f"{path}: expected an HDF5 series in the stgnn-launch layout or a pandas HDFStore "
                     f"frame, found top level {found}")
 

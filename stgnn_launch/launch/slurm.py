@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,9 @@ def dry_run(cfg: Config, run_dir: Path) -> int:
     from submitit.slurm.slurm import _make_sbatch_string
 
     params = slurm_parameters(cfg)
-    folder = run_dir / "slurm"
-    script = _make_sbatch_string(command="python -u -m submitit.core._submit " + shlex.quote(str(folder)),
-                                 folder=str(folder / "%j"), **params)
+    folder = str(run_dir.resolve() / "slurm" / "%j")  # as submit() hands it to submitit
+    script = _make_sbatch_string(command=f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {folder}",
+                                 folder=folder, **params)
     torchrun = job_for(cfg, run_dir).command(params["nodes"], "$FIRST_NODE", "$SLURM_JOB_ID")
     print(f"dry run: {params['nodes']} nodes x {cfg.launcher.gpus_per_node} ranks = {cfg.gpus} ranks; "
           "nothing submitted")
@@ -105,12 +106,10 @@ def dry_run(cfg: Config, run_dir: Path) -> int:
 
 
 def submit(cfg: Config, run_dir: Path) -> int:
-    if cfg.launcher.dry_run:
-        return dry_run(cfg, run_dir)
     import submitit
 
     try:
-        executor = submitit.SlurmExecutor(folder=str(run_dir / "slurm" / "%j"), max_num_timeout=10)
+        executor = submitit.SlurmExecutor(folder=str(run_dir.resolve() / "slurm" / "%j"), max_num_timeout=10)
     except RuntimeError as err:
         raise UserError(f"launcher=slurm: expected a Slurm cluster (srun on PATH), found none ({err})") from None
     executor.update_parameters(**slurm_parameters(cfg))
