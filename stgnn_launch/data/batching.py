@@ -117,6 +117,7 @@ class Batcher:
     seed: int
     rank: int = 0
     world: int = 1
+    max_train_batches: int | None = None  # time-sharded ranks: the step count every rank can take
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         n = self.source.count("train")
@@ -136,7 +137,7 @@ class Batcher:
             if global_batch.numel() < self.world:
                 break
             shards.append(torch.tensor_split(global_batch, self.world)[self.rank])
-        return shards
+        return shards[: self.max_train_batches]
 
     def eval_positions(self, split: str) -> list[torch.Tensor]:
         block = torch.tensor_split(torch.arange(self.source.count(split)), self.world)[self.rank]
