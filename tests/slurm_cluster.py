@@ -5,13 +5,16 @@ slurmd, all state under ``$STGNN_SLURM_DIR``, default ``/tmp/stgnn-slurm``). Thi
 
 * ``slurm_cluster``: session-scoped fixture. Reuses a cluster that already answers (an
   external one named by ``$SLURM_CONF``, or ours when it is up), otherwise runs
-  ``local-cluster.sh start`` (which installs the Debian packages when needed; needs root).
+  ``local-cluster.sh start`` (which installs the Debian packages when needed; needs root)
+  with accounting (slurmdbd + MariaDB, so that ``sacct`` and submitit see real job states)
+  unless ``STGNN_SLURM_ACCOUNTING`` is set (``STGNN_SLURM_ACCOUNTING=0``: without).
   It sets ``os.environ["SLURM_CONF"]`` so that every ``sbatch``/``srun``/submitit call of
   the session talks to that cluster, and yields a :class:`SlurmCluster`. A cluster that a
   test session started is stopped when the last test session using it ends (unless
   ``STGNN_SLURM_KEEP=1``); one that was started by hand is left alone.
-* ``wait_for_job``: polls ``scontrol show job`` (there is no accounting, so no ``sacct``)
-  until a job reaches a final state, and returns that state.
+* ``wait_for_job``: polls ``scontrol show job`` until a job reaches a final state, and
+  returns that state (from ``sacct`` once slurmctld has forgotten the job, where there is
+  accounting).
 
 When Slurm cannot be started, the fixture skips with the reason and the last lines of the
 daemon logs. Where the Slurm tests must run (``CI`` set to a true value, or
@@ -192,6 +195,8 @@ def _script(action: str, timeout: float) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.setdefault("STGNN_SLURM_DIR", str(state_dir()))
     env["DEBIAN_FRONTEND"] = "noninteractive"
+    # Accounting by default, so that sacct works and submitit sees the states Slurm gives jobs.
+    env.setdefault("STGNN_SLURM_ACCOUNTING", "1")
     # The script exports the right SLURM_CONF itself; a stale one must not leak into it.
     env.pop("SLURM_CONF", None)
     return _run(["bash", str(CLUSTER_SCRIPT), action], env=env, timeout=timeout)
@@ -361,7 +366,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 
 
 # ----------------------------------------------------------------------------------------
-# Job helpers (no sacct: squeue/scontrol only, which keep finished jobs for MinJobAge=300s)
+# Job helpers: scontrol (finished jobs are kept for MinJobAge=300s), then sacct where there is one
 
 _KV = re.compile(r"(\w+(?:/\w+)?)=(\S*)")
 
@@ -384,14 +389,25 @@ def job_state(job_id: str, env: Optional[Mapping[str, str]] = None) -> Optional[
     return info.get("JobState")
 
 
+def sacct_state(job_id: str, env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The job's state in the accounting database (its latest run), or None without one."""
+    try:
+        proc = _run(["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"],
+                    env=dict(env) if env else None, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = [line for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 else []
+    return lines[-1].split()[0] if lines else None  # e.g. "CANCELLED by 0" -> CANCELLED
+
+
 def wait_for_job(
     job_id: str, timeout: float = 120.0, poll_s: float = 1.0, env: Optional[Mapping[str, str]] = None
 ) -> str:
     """Poll until ``job_id`` reaches a final state and return it (e.g. ``COMPLETED``).
 
     Raises ``TimeoutError`` if it is still pending/running after ``timeout`` seconds, and
-    ``RuntimeError`` if the controller no longer knows the job (it was purged after
-    MinJobAge, or never existed).
+    ``RuntimeError`` if neither the controller (it forgets jobs after MinJobAge) nor the
+    accounting database (where there is one) knows the job.
     """
     deadline = time.monotonic() + timeout
     last: Optional[Dict[str, str]] = None
@@ -400,9 +416,12 @@ def wait_for_job(
         if info is None:
             if last is not None and last.get("JobState") in FINAL_STATES:
                 return last["JobState"]
+            recorded = sacct_state(job_id, env)
+            if recorded in FINAL_STATES:
+                return recorded
             raise RuntimeError(
-                f"job {job_id} is unknown to slurmctld (last seen: {last.get('JobState') if last else 'never'}); "
-                "finished jobs are only kept for MinJobAge seconds and there is no sacct"
+                f"job {job_id} is unknown to slurmctld (last seen: {last.get('JobState') if last else 'never'}; "
+                f"accounting: {recorded or 'none'}); finished jobs are only kept for MinJobAge seconds"
             )
         last = info
         state = info.get("JobState", "")

@@ -1,9 +1,10 @@
 """End-to-end checks of the local one-node Slurm cluster (scripts/slurm/local-cluster.sh).
 
-These submit real jobs: `sbatch`, `srun`, and submitit's SlurmExecutor. By default the
-cluster has no accounting storage, so there is no `sacct`: job states come from
-`scontrol show job`, and submitit cannot see Slurm-side failures (see
-test_submitit_and_slurm_side_failure). STGNN_SLURM_ACCOUNTING=1 at cluster start adds slurmdbd.
+These submit real jobs: `sbatch`, `srun`, and submitit's SlurmExecutor. The fixture starts the
+cluster with accounting (slurmdbd), so `sacct` works and submitit sees the states Slurm gives
+jobs; with STGNN_SLURM_ACCOUNTING=0 (or a cluster started without it) job states come from
+`scontrol show job` only, and submitit cannot see Slurm-side failures (see
+test_submitit_and_slurm_side_failure, which checks whichever case it finds).
 """
 
 from __future__ import annotations

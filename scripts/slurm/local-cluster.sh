@@ -22,6 +22,7 @@
 # in the state directory, no TCP, no grant tables) so that `sacct` works; submitit needs
 # sacct to see job states (without it a job killed by Slurm before writing its result makes
 # `job.result()` wait forever). Costs the slurmdbd + mariadb-server-core packages and ~3 s.
+# The pytest fixture (tests/slurm_cluster.py) starts it with accounting unless STGNN_SLURM_ACCOUNTING=0.
 #
 # Environment overrides:
 #   STGNN_SLURM_DIR            state directory                       (/tmp/stgnn-slurm)
@@ -363,17 +364,22 @@ start_mariadb() {
     mkdir -p "$DB_DIR/data"
     chmod 700 "$DB_DIR"
     rm -f "$DB_SOCKET"
+    local log_size
+    log_size="$(stat -c %s "$DB_LOG" 2>/dev/null || echo 0)"
     setsid mariadbd --no-defaults --user=root --datadir="$DB_DIR/data" --socket="$DB_SOCKET" \
         --skip-networking --skip-grant-tables --skip-log-bin --pid-file="$DB_PID" --log-error="$DB_LOG" \
         --innodb-buffer-pool-size=64M --innodb-log-file-size=32M \
         </dev/null >>"$LOG_DIR/mariadbd.stderr" 2>&1 9>&- &
-    local deadline=$((SECONDS + 60))
+    local deadline=$((SECONDS + 60)) grace=$((SECONDS + 5))
     # (mariadbd writes the same pid there itself once it is up)
     printf '%s\n' "$!" >"$DB_PID"
     STARTED+=("$DB_PID:mariadbd")
     while ((SECONDS < deadline)); do
-        [[ -S "$DB_SOCKET" ]] && grep -q 'ready for connections' "$DB_LOG" 2>/dev/null && return 0
-        pid_alive "$DB_PID" mariadbd || die "mariadbd exited right after starting"
+        # Only this start's lines of the log count (it is appended to).
+        [[ -S "$DB_SOCKET" ]] && tail -c "+$((log_size + 1))" "$DB_LOG" 2>/dev/null | grep -q 'ready for connections' &&
+            return 0
+        # (until it has exec'd, the new process is still named bash or setsid: give it a moment)
+        if ((SECONDS >= grace)) && ! pid_alive "$DB_PID" mariadbd; then die "mariadbd exited right after starting"; fi
         sleep 0.2
     done
     die "mariadbd did not open $DB_SOCKET within 60 s"

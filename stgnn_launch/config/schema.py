@@ -34,17 +34,23 @@ class DatasetConfig:
     seed: int = 0  # synthetic only
     cache_dir: Optional[str] = None  # where generated/converted files go; None = ~/.cache/stgnn-launch
     null_value: float = 0.0  # readings equal to this are missing: skipped by the scaler, masked in metrics
-    train_ratio: float = 0.7
-    test_ratio: float = 0.2
+    train_ratio: float = 0.7  # dcrnn split only: share of the windows for training
+    test_ratio: float = 0.2  # share of the windows (dcrnn) or of the time steps (tgcn) at the end for testing
     day_of_week: bool = False  # add a day-of-week covariate after time-of-day
+    split: str = "dcrnn"  # dcrnn: by sample, train/test/rest = val; tgcn: by time step, windows inside each part
+    val_ratio_of_train: float = 0.2  # tgcn split only: the last share of the training part's steps = validation
 
     def __post_init__(self) -> None:
         _check(self.num_nodes >= 2, "dataset.num_nodes", "at least 2", self.num_nodes)
         _check(self.num_steps >= 2, "dataset.num_steps", "at least 2", self.num_steps)
         _check(0 < self.train_ratio < 1, "dataset.train_ratio", "a fraction in (0, 1)", self.train_ratio)
         _check(0 < self.test_ratio < 1, "dataset.test_ratio", "a fraction in (0, 1)", self.test_ratio)
-        _check(self.train_ratio + self.test_ratio < 1, "dataset.train_ratio + dataset.test_ratio",
-               "less than 1 (the rest is validation)", self.train_ratio + self.test_ratio)
+        _check(self.split in ("dcrnn", "tgcn"), "dataset.split", "dcrnn or tgcn", self.split)
+        if self.split == "dcrnn":
+            _check(self.train_ratio + self.test_ratio < 1, "dataset.train_ratio + dataset.test_ratio",
+                   "less than 1 (the rest is validation)", self.train_ratio + self.test_ratio)
+        _check(0 < self.val_ratio_of_train < 1, "dataset.val_ratio_of_train", "a fraction in (0, 1)",
+               self.val_ratio_of_train)
         _check(self.axis_order in ("TN", "NT", "TNF", "NTF", "NFT", "TFN"), "dataset.axis_order",
                "one of TN, NT, TNF, NTF, NFT, TFN", self.axis_order)
         if self.name != "synthetic":
@@ -101,6 +107,9 @@ class TrainerConfig:
     progress: bool = True  # progress bar on rank 0
     max_batches_per_epoch: Optional[int] = None  # cap for smoke tests and profiling
     num_threads: Optional[int] = None  # torch intra-op threads; None = this process's share of the cores
+    # T-GCN's reporting: metrics pooled over output steps 1..k for each k here (e.g. [3, 6, 9, 12]), with
+    # accuracy 1 - ||Y - Ŷ||_F / ||Y||_F, as results.json's val_pooled / test_pooled keyed by minutes.
+    pooled_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.max_epochs >= 1, "trainer.max_epochs", "a positive integer", self.max_epochs)
@@ -110,6 +119,8 @@ class TrainerConfig:
         _check(0 < self.lr_gamma <= 1, "trainer.lr_gamma", "a factor in (0, 1]", self.lr_gamma)
         _check(self.max_batches_per_epoch is None or self.max_batches_per_epoch >= 1,
                "trainer.max_batches_per_epoch", "a positive integer or null", self.max_batches_per_epoch)
+        _check(all(k >= 1 for k in self.pooled_steps), "trainer.pooled_steps",
+               "positive numbers of output steps", self.pooled_steps)
 
 
 @dataclass(kw_only=True)
@@ -127,18 +138,24 @@ class LauncherConfig:
     constraint: Optional[str] = None
     setup: list[str] = field(default_factory=list)  # shell lines run before torchrun (module load ...)
     sbatch_extra: dict = field(default_factory=dict)  # any other #SBATCH option, e.g. {mail-type: END}
-    rdzv_port: int = 29500
+    rdzv_port: int = 29500  # c10d rendezvous port on the first node; 0 = 15000 + job id % 10000 (Slurm)
     max_restarts: int = 0  # torchrun --max-restarts: restarted ranks resume from the last checkpoint
     dry_run: bool = False  # print the batch script and torchrun command, submit nothing
     wait: bool = False  # follow the job to its end and print its result
     cpu: Optional[bool] = None  # force a CPU (gloo) cluster; None = GPUs when launcher.name=slurm
+    signal_delay_s: int = 120  # Slurm: signal this long before the time limit to checkpoint and requeue
+    prepare_only: bool = False  # Slurm: write the run dir and config.yaml, submit nothing (train.sbatch)
 
     def __post_init__(self) -> None:
         _check(self.name in ("local", "slurm"), "launcher.name", "local or slurm", self.name)
         _check(self.gpus_per_node >= 1, "launcher.gpus_per_node", "a positive integer", self.gpus_per_node)
         _check(self.time_min >= 1, "launcher.time_min", "a positive number of minutes", self.time_min)
         _check(self.max_restarts >= 0, "launcher.max_restarts", "0 or more", self.max_restarts)
-        _check(1 <= self.rdzv_port <= 65535, "launcher.rdzv_port", "a TCP port", self.rdzv_port)
+        _check(0 <= self.rdzv_port <= 65535, "launcher.rdzv_port", "a TCP port (0: from the job id)", self.rdzv_port)
+        _check(self.name != "slurm" or 1 <= self.signal_delay_s < 60 * self.time_min, "launcher.signal_delay_s",
+               f"seconds before the end, less than launcher.time_min={self.time_min} minutes", self.signal_delay_s)
+        _check(not self.prepare_only or self.name == "slurm", "launcher.prepare_only",
+               "launcher=slurm (it prepares a run for a batch script)", self.prepare_only)
 
 
 @dataclass(kw_only=True)

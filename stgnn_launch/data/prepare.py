@@ -1,4 +1,5 @@
-"""Series -> what training needs: covariates, DCRNN's chronological split, a leak-free scaler.
+"""Series -> what training needs: covariates, a chronological split (DCRNN's by sample, or T-GCN's by
+time step), a leak-free scaler.
 
 Nothing here copies the series: covariates are T-long vectors (broadcast over sensors only when a batch
 is cut), the split is a set of window start indices, and the scaler is fitted by streaming over the
@@ -80,30 +81,58 @@ def split_starts(num_steps: int, window: int, horizon: int, stride: int,
     }
 
 
-def fit_scaler(values: torch.Tensor, stop: int, null_value: float, chunk_steps: int = 4096) -> Scaler:
-    """Mean and std per feature over steps [0, stop), skipping NaN and null readings.
+def split_starts_tgcn(num_steps: int, window: int, horizon: int, stride: int,
+                      test_ratio: float, val_ratio_of_train: float) -> dict[str, np.ndarray]:
+    """Window start indices per split, T-GCN's way: the TIME STEPS are cut, then windows inside each part.
 
-    Accumulates in float64 chunk by chunk so that a year of PeMS needs no full-size temporary.
+    T-GCN (Zhao et al. 2019, `preprocess_data`) keeps the first int((1 - test_ratio) T) steps for
+    training and the rest for testing, and cuts samples inside each part, so that no window crosses
+    the boundary. Model selection needs a validation part that is not the test: here it is the last
+    round(val_ratio_of_train * train_steps) steps of the training part, cut the same way. Every part
+    yields (part_steps - (W + H)) // stride + 1 windows (T-GCN's loop drops the last one; we keep it).
     """
-    f = values.shape[-1]
-    total = torch.zeros(f, dtype=torch.float64)
-    total_sq = torch.zeros(f, dtype=torch.float64)
-    count = torch.zeros(f, dtype=torch.float64)
-    for start in range(0, stop, chunk_steps):
-        block = values[start:min(stop, start + chunk_steps)].to(torch.float64)
+    span = window + horizon
+    train_steps = int(num_steps * (1.0 - test_ratio) + 1e-9)  # T-GCN: int(time_len * rate)
+    val_steps = round(train_steps * val_ratio_of_train)
+    bounds = {"train": (0, train_steps - val_steps), "val": (train_steps - val_steps, train_steps),
+              "test": (train_steps, num_steps)}
+    starts = {split: np.arange(lo, hi - span + 1, stride, dtype=np.int64) for split, (lo, hi) in bounds.items()}
+    if min(len(v) for v in starts.values()) < 1:
+        sizes = ", ".join(f"{k}={hi - lo} steps" for k, (lo, hi) in bounds.items())
+        raise UserError(f"tgcn split of {num_steps} steps: expected at least window + horizon = {span} steps in "
+                        f"each of train/val/test, found {sizes} (use a longer series or other ratios)")
+    return starts
+
+
+def scaler_sums(values: torch.Tensor, start: int, stop: int, null_value: float,
+                chunk_steps: int = 4096) -> torch.Tensor:
+    """3 x F float64: sum, sum of squares and count of the observed readings in steps [start, stop).
+
+    Chunk by chunk, so that a year of PeMS needs no full-size temporary; sums (not means) so that ranks
+    holding different time ranges can add theirs up."""
+    sums = torch.zeros(3, values.shape[-1], dtype=torch.float64)
+    for first in range(start, stop, chunk_steps):
+        block = values[first:min(stop, first + chunk_steps)].to(torch.float64)
         observed = ~torch.isnan(block) & (block != null_value)
         block = torch.where(observed, block, 0.0)
-        total += block.sum(dim=(0, 1))
-        total_sq += (block * block).sum(dim=(0, 1))
-        count += observed.sum(dim=(0, 1))
+        sums += torch.stack([block.sum(dim=(0, 1)), (block * block).sum(dim=(0, 1)), observed.sum(dim=(0, 1))])
+    return sums
+
+
+def scaler_from_sums(sums: torch.Tensor) -> Scaler:
+    total, total_sq, count = sums
     if bool((count < 2).any()):
         raise UserError(f"scaler: expected observed (non-missing) readings in the training range of every "
                         f"feature, found counts {count.tolist()}")
     mean = total / count
-    var = (total_sq / count - mean * mean).clamp_min(0.0)
-    std = var.sqrt()
+    std = (total_sq / count - mean * mean).clamp_min(0.0).sqrt()
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature must not divide by zero
     return Scaler(mean.to(torch.float32), std.to(torch.float32))
+
+
+def fit_scaler(values: torch.Tensor, stop: int, null_value: float, chunk_steps: int = 4096) -> Scaler:
+    """Mean and std per feature over steps [0, stop), skipping NaN and null readings."""
+    return scaler_from_sums(scaler_sums(values, 0, stop, null_value, chunk_steps))
 
 
 def fill_missing(values: torch.Tensor, null_value: float) -> None:
@@ -142,9 +171,27 @@ class Prepared:
         return (frac * self.steps_per_day).round().long() % self.steps_per_day
 
 
+SPLIT_PROTOCOLS = ("dcrnn", "tgcn")
+
+
+def window_starts(num_steps: int, *, window: int, horizon: int, stride: int, train_ratio: float,
+                  test_ratio: float, split: str = "dcrnn", val_ratio_of_train: float = 0.2) -> dict[str, np.ndarray]:
+    """Window starts per split under the chosen protocol (see split_starts and split_starts_tgcn)."""
+    if split == "dcrnn":
+        return split_starts(num_steps, window, horizon, stride, train_ratio, test_ratio)
+    if split == "tgcn":
+        return split_starts_tgcn(num_steps, window, horizon, stride, test_ratio, val_ratio_of_train)
+    raise UserError(f"dataset.split: expected one of {', '.join(SPLIT_PROTOCOLS)}, found {split!r}")
+
+
 def prepare(series: Series, *, window: int, horizon: int, stride: int, train_ratio: float,
-            test_ratio: float, null_value: float, day_of_week: bool, out_features: int = 1) -> Prepared:
-    starts = split_starts(series.num_steps, window, horizon, stride, train_ratio, test_ratio)
+            test_ratio: float, null_value: float, day_of_week: bool, out_features: int = 1,
+            split: str = "dcrnn", val_ratio_of_train: float = 0.2) -> Prepared:
+    """`split`: "dcrnn" (by sample, train_ratio / test_ratio / the rest) or "tgcn" (by time step,
+    test_ratio at the end, validation = the last val_ratio_of_train of the rest; train_ratio unused)."""
+    starts = window_starts(series.num_steps, window=window, horizon=horizon, stride=stride,
+                           train_ratio=train_ratio, test_ratio=test_ratio, split=split,
+                           val_ratio_of_train=val_ratio_of_train)
     fill_missing(series.values, null_value)
     train_input_stop = int(starts["train"][-1]) + window  # scaler sees the training inputs only
     return Prepared(

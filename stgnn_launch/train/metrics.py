@@ -8,6 +8,7 @@ per-rank means, makes the result independent of how the windows are split over r
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -29,10 +30,11 @@ def masked_mae_loss(pred: torch.Tensor, y: torch.Tensor, null_value: float) -> t
 
 
 class MetricSums:
-    """Per horizon step: sum |e|, sum e^2, sum |e / y| and the count of observed targets (float64)."""
+    """Per horizon step: sum |e|, sum e^2, sum |e / y|, the count of observed targets and sum y^2 of
+    the observed targets (float64; the last for T-GCN's accuracy)."""
 
     def __init__(self, horizon: int, device: torch.device) -> None:
-        self.sums = torch.zeros(4, horizon, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(5, horizon, dtype=torch.float64, device=device)
 
     def update(self, pred: torch.Tensor, y: torch.Tensor, null_value: float) -> None:
         """pred, y: B x H x N x F de-normalized."""
@@ -43,7 +45,9 @@ class MetricSums:
         err = torch.where(mask, pred - y, zero)
         pct = torch.where(mask, err.abs() / torch.where(mask, y.abs(), 1.0), zero)
         dims = (0, 2, 3)
-        stacked = torch.stack([err.abs().sum(dims), (err * err).sum(dims), pct.sum(dims), mask.sum(dims)])
+        y_obs = torch.where(mask, y, zero)
+        stacked = torch.stack([err.abs().sum(dims), (err * err).sum(dims), pct.sum(dims), mask.sum(dims),
+                               (y_obs * y_obs).sum(dims)])
         self.sums += stacked.to(self.sums.device)
 
     def result(self) -> dict[str, dict[str, float]]:
@@ -57,8 +61,24 @@ class MetricSums:
         return out
 
 
+    def pooled(self, upto_steps: Sequence[int]) -> dict[str, dict[str, float]]:
+        """T-GCN's reporting: for each k, the metrics pooled over output steps 1..k (a k-step forecast's
+        whole output), plus accuracy = 1 - ||Y - Ŷ||_F / ||Y||_F over the same observed targets.
+        Keyed by k (steps, not minutes); a k beyond the horizon is left out."""
+        sums = self.sums.cpu()
+        out = {}
+        for k in upto_steps:
+            if 1 <= k <= sums.shape[1]:
+                column = sums[:, :k].sum(dim=1)
+                metrics = _finish(column)
+                sq_err, sq_y = float(column[1]), float(column[4])
+                metrics["acc"] = 1.0 - math.sqrt(sq_err / sq_y) if sq_y > 0 else float("nan")
+                out[str(k)] = metrics
+        return out
+
+
 def _finish(column: torch.Tensor) -> dict[str, float]:
-    abs_sum, sq_sum, pct_sum, count = (float(v) for v in column)
+    abs_sum, sq_sum, pct_sum, count = (float(v) for v in column[:4])
     if count == 0:
         return {"mae": float("nan"), "rmse": float("nan"), "mape": float("nan"), "count": 0}
     return {"mae": abs_sum / count, "rmse": math.sqrt(sq_sum / count), "mape": pct_sum / count,

@@ -15,7 +15,8 @@ from stgnn_launch.data.batching import Batcher, build_source, place_series
 from stgnn_launch.data.datasets import load_dataset
 from stgnn_launch.data.prepare import Prepared, prepare
 from stgnn_launch.data.series import Series
-from stgnn_launch.dist.context import DistContext, init_distributed, shutdown
+from stgnn_launch.dist.context import DistContext, all_reduce_sum, init_distributed, shutdown
+from stgnn_launch.train.metrics import MetricSums
 from stgnn_launch.train.record import RESULTS, git_sha, peak_rss_bytes, write_json_atomic
 from stgnn_launch.train.trainer import Trainer, make_model
 
@@ -32,17 +33,26 @@ def load_series_for_rank(cfg: Config, ctx: DistContext) -> Series:
 def prepare_for(cfg: Config, series: Series) -> Prepared:
     b, d = cfg.batching, cfg.dataset
     return prepare(series, window=b.window, horizon=b.horizon, stride=b.stride, train_ratio=d.train_ratio,
-                   test_ratio=d.test_ratio, null_value=d.null_value, day_of_week=d.day_of_week)
+                   test_ratio=d.test_ratio, null_value=d.null_value, day_of_week=d.day_of_week,
+                   split=d.split, val_ratio_of_train=d.val_ratio_of_train)
 
 
 def build_pipeline(cfg: Config, ctx: DistContext) -> tuple[Prepared, Batcher, torch.nn.Module, dict[str, Any]]:
     """Everything a Trainer needs, in the order of the data path."""
-    series = load_series_for_rank(cfg, ctx)
+    time_shard = cfg.batching.mode == "dist_index" and cfg.batching.shard == "time" and ctx.world_size > 1
+    steps_per_epoch = None
+    if time_shard:  # this rank's steps only; its own windows, shuffled among themselves
+        from stgnn_launch.dist.time_shard import load_time_shard
+
+        prepared, series, steps_per_epoch = load_time_shard(cfg, ctx)
+    else:
+        series = load_series_for_rank(cfg, ctx)
+        prepared = prepare_for(cfg, series)
     facts = {"name": cfg.dataset.name, "num_steps": series.num_steps, "num_nodes": series.num_nodes,
              "num_features": series.num_features, "start": str(series.timestamps[0]),
-             "step": str(series.step)}
+             "step": str(series.step), "time_shard": time_shard,
+             "node_shared": cfg.batching.mode == "dist_index" and not time_shard and ctx.local_world_size > 1}
     adjacency = series.adjacency
-    prepared = prepare_for(cfg, series)
     del series
     on_gpu = cfg.batching.device == "gpu" and ctx.device.type == "cuda"
     if cfg.batching.mode != "standard":
@@ -52,9 +62,11 @@ def build_pipeline(cfg: Config, ctx: DistContext) -> tuple[Prepared, Batcher, to
     if cfg.batching.mode == "standard":
         # The field's pipeline keeps only the materialized windows; so does our baseline.
         prepared.values = torch.empty((0,) + tuple(prepared.values.shape[1:]))
+    rank, world = (0, 1) if time_shard else (ctx.rank, ctx.world_size)
     batcher = Batcher(source, batch_size=cfg.batching.batch_size,
                       eval_batch_size=cfg.batching.eval_batch_size or cfg.batching.batch_size,
-                      shuffle=cfg.batching.shuffle, seed=cfg.trainer.seed, rank=ctx.rank, world=ctx.world_size)
+                      shuffle=cfg.batching.shuffle, seed=cfg.trainer.seed, rank=rank, world=world,
+                      max_train_batches=steps_per_epoch)
     facts["windows"] = {split: len(starts) for split, starts in prepared.starts.items()}
     return prepared, batcher, model, facts
 
@@ -86,25 +98,52 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "val": val,
             "test": test,
             "data_bytes": batcher.source.data_bytes,
-            "node_data_bytes": node_data_bytes(cfg, ctx, batcher.source.data_bytes, prepared),
+            "node_data_bytes": node_data_bytes(facts["node_shared"], ctx, batcher.source.data_bytes, prepared),
             "peak_rss_bytes": peak_rss_bytes(),
             "wall_time_s": time.time() - started,
             "git_sha": git_sha(),
             "host": socket.gethostname(),
         }
+        if cfg.trainer.pooled_steps:
+            record["val_pooled"] = pooled_metrics(trainer, "val", cfg.trainer.pooled_steps)
+            record["test_pooled"] = pooled_metrics(trainer, "test", cfg.trainer.pooled_steps)
         if ctx.is_main:
             write_json_atomic(record, run_dir / RESULTS)
             print(format_test(test), flush=True)
+            if cfg.trainer.pooled_steps:
+                print(format_pooled(record["test_pooled"]), flush=True)
             print(f"results: {run_dir / RESULTS}", flush=True)
         return record
     finally:
         shutdown(ctx)
 
 
-def node_data_bytes(cfg: Config, ctx: DistContext, rank_bytes: int, prepared: Prepared) -> int:
+@torch.no_grad()
+def pooled_metrics(trainer: Trainer, split: str, upto_steps: list[int]) -> dict[str, dict[str, float]]:
+    """T-GCN's reporting on `split`: metrics and accuracy pooled over output steps 1..k for each k,
+    keyed by minutes ("15" for 3 five-minute steps). The same predictions and reduction over ranks as
+    Trainer.evaluate, kept as one more pass so that the `test` record stays exactly as before."""
+    trainer.model.eval()
+    sums = MetricSums(trainer.prepared.horizon, trainer._reduce_device)
+    for x, y in trainer.batcher.eval_batches(split):
+        x, y = trainer._to_device(x, y)
+        sums.update(trainer._predict(trainer.model, x, None), y, trainer.prepared.null_value)
+    all_reduce_sum(sums.sums, trainer.ctx)
+    minutes = 1440 / trainer.prepared.steps_per_day
+    return {f"{int(k) * minutes:g}": m for k, m in sums.pooled(upto_steps).items()}
+
+
+def format_pooled(pooled: dict[str, dict[str, float]]) -> str:
+    lines = ["test metrics pooled over steps 1..k (T-GCN)", f"{'minutes':>8} {'MAE':>8} {'RMSE':>8} {'acc':>8}"]
+    for minutes, m in pooled.items():
+        lines.append(f"{minutes:>8} {m['mae']:8.4f} {m['rmse']:8.4f} {m['acc']:8.4f}")
+    return "\n".join(lines)
+
+
+def node_data_bytes(node_shared: bool, ctx: DistContext, rank_bytes: int, prepared: Prepared) -> int:
     """Host memory for data on one node: a node-shared series counted once, private copies per rank."""
     ranks = ctx.local_world_size
-    if cfg.batching.mode == "dist_index" and ranks > 1:
+    if node_shared:
         shared = prepared.values.element_size() * prepared.values.nelement()
         return shared + ranks * (rank_bytes - shared)
     return ranks * rank_bytes

@@ -1,0 +1,278 @@
+"""Training on the local one-node Slurm cluster, for real: `stgnn-train launcher=slurm` (submitit),
+scripts/slurm/train.sbatch and sweep.sbatch, and a job that reaches its time limit, is requeued and
+resumes from its last checkpoint.
+
+Every job trains 2 gloo ranks (or 1 per array task) on tiny synthetic data. The jobs inherit this
+session's environment (sbatch exports it all by default), so STGNN_CACHE set by conftest.py reaches them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, TINY, compose_config
+from stgnn_launch.config.load import load_run_config
+from stgnn_launch.data.synthetic import synthetic_path
+from stgnn_launch.errors import UserError
+from stgnn_launch.launch import slurm
+from stgnn_launch.launch.slurm import TorchrunJob, rdzv_port, slurm_parameters
+
+try:  # tests/ on sys.path (conftest.py puts it there)
+    from slurm_cluster import job_info, slurm_cluster, submit, wait_for_job  # noqa: F401
+except ImportError:  # tests/ as a package
+    from tests.slurm_cluster import job_info, slurm_cluster, submit, wait_for_job  # noqa: F401
+
+TWO_CPU_RANKS = ("launcher=slurm", "launcher.cpu=true", "gpus=2", "launcher.gpus_per_node=2", "batching=dist_index")
+
+
+def stgnn_train_cmd(cluster, run_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "stgnn_launch.cli.train", *TINY, *TWO_CPU_RANKS, "launcher.wait=true",
+            f"launcher.partition={cluster.partition}", f"hydra.run.dir={run_dir}", *overrides]
+
+
+# ---- without a cluster ------------------------------------------------------------------------------
+
+
+def test_cpu_cluster_asks_one_core_per_rank_and_passes_it_to_srun():
+    cfg = compose_config("launcher=slurm", "gpus=4", "launcher.gpus_per_node=2", "launcher.cpu=true",
+                         "launcher.signal_delay_s=30", "launcher.time_min=1")
+    params = slurm_parameters(cfg)
+    assert params["cpus_per_task"] == 2 and params["srun_args"] == ["--cpus-per-task=2"]
+    assert params["signal_delay_s"] == 30 and params["time"] == 1 and "gpus_per_node" not in params
+    gpu = slurm_parameters(compose_config("launcher=slurm", "gpus=8", "launcher.gpus_per_node=4"))
+    assert "cpus_per_task" not in gpu and "srun_args" not in gpu and gpu["signal_delay_s"] == 120
+    assert slurm_parameters(compose_config("launcher=slurm", "gpus=2", "launcher.gpus_per_node=2", "launcher.cpu=true",
+                                           "launcher.cpus_per_task=8"))["cpus_per_task"] == 8
+
+
+def test_rendezvous_port_from_the_job_id():
+    assert rdzv_port(0, "123456") == 15000 + 3456 and rdzv_port(0, 7) == 15007 and rdzv_port(29500, "7") == 29500
+    job = TorchrunJob("/runs/a", 4, 0, 0)
+    assert "--rdzv_endpoint=n001:15077" in job.command(2, "n001", "77")
+    assert "--rdzv_endpoint=$FIRST_NODE:$((15000+SLURM_JOB_ID%10000))" in job.command(2, "$FIRST_NODE", "$SLURM_JOB_ID")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("launcher.signal_delay_s=60", "launcher.time_min=1"), "launcher.signal_delay_s: expected seconds before the end"),
+    (("launcher.prepare_only=true", "launcher=local"), "launcher.prepare_only: expected launcher=slurm"),
+])
+def test_bad_slurm_values_name_the_key(overrides, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        compose_config("launcher=slurm", "gpus=4", *overrides)
+
+
+def test_prepare_only_writes_the_run_dir_and_submits_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "stgnn_launch.cli.train", "launcher=slurm", "gpus=4",
+                           "launcher.gpus_per_node=2", "launcher.cpu=true", "launcher.prepare_only=true",
+                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": "/usr/bin:/bin"})  # no srun needed
+    assert proc.returncode == 0, proc.stderr
+    assert f"prepared run directory {run_dir}" in proc.stdout and "nothing submitted" in proc.stdout
+    config = load_run_config(run_dir)
+    assert config.gpus == 4 and config.launcher.cpu and not (run_dir / "slurm").exists()
+
+
+def test_torchrun_and_its_ranks_do_not_outlive_the_node_task(tmp_path):
+    """submitit ends the node task right after requeueing it: torchrun must not outlive it, nor a rank in a
+    session of its own; both ignore the preemption signal, which is the node task's to act on."""
+    pidfile = tmp_path / "rank.pid"
+    fake_torchrun = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))\n"
+        "rank = subprocess.Popen(['sleep', '120'], start_new_session=True)\n"
+        "ignored = signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN\n"
+        f"open({str(pidfile)!r}, 'w').write(f'{{rank.pid}} {{ignored}}')\n"
+        "time.sleep(120)\n")
+
+    def leave(*_):
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGALRM, leave)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 3)  # time enough for the fake torchrun to start its rank
+        with pytest.raises(SystemExit):
+            slurm.run_torchrun([sys.executable, "-c", fake_torchrun], dict(os.environ), ignore=signal.SIGUSR2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    rank, ignored = pidfile.read_text().split()
+    assert ignored == "True"
+    time.sleep(0.5)
+    try:
+        state = Path(f"/proc/{rank}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        state = "gone"
+    assert state in ("gone", "Z", "X"), f"rank {rank} still running ({state})"
+
+
+@pytest.fixture
+def workdir(slurm_cluster, tmp_path):
+    """The test's folder, where its jobs run; any of them still queued or running at the end is cancelled
+    (a failed test must not leave a job holding the node's cores)."""
+    yield tmp_path
+    proc = subprocess.run(["squeue", "-h", "-o", "%A %Z"], capture_output=True, text=True, timeout=30)
+    for line in proc.stdout.splitlines():
+        job_id, _, folder = line.strip().partition(" ")
+        if folder.startswith(str(tmp_path)):
+            subprocess.run(["scancel", job_id], timeout=30, check=False)
+
+
+def read_results(run_dir: Path) -> dict:
+    path = run_dir / "results.json"
+    assert path.is_file(), f"no {path}"
+    return json.loads(path.read_text())
+
+
+def submitted_job_id(output: str) -> str:
+    match = re.search(r"submitted Slurm job (\d+)", output)
+    assert match, output
+    return match.group(1)
+
+
+@pytest.mark.slurm
+def test_stgnn_train_launcher_slurm_two_cpu_ranks(slurm_cluster, workdir):
+    """submitit -> one node task -> torchrun (c10d) -> 2 gloo ranks; `launcher.wait` prints the result."""
+    run_dir = workdir / "run"
+    seed = 9000 + os.getpid() % 1000  # a series only this job generates: it must land in our STGNN_CACHE
+    proc = subprocess.run(stgnn_train_cmd(slurm_cluster, run_dir, f"dataset.seed={seed}"), capture_output=True,
+                          text=True, timeout=240, cwd=workdir, env=slurm_cluster.env())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    job_id = submitted_job_id(out)
+    log = run_dir / "slurm" / job_id / f"{job_id}_0_log.out"
+    assert f"logs:    {log}" in out and f"run dir: {run_dir}" in out
+    assert f"Slurm job {job_id} finished; results: {run_dir / 'results.json'}" in out
+    assert "avg" in out and "MAE" in out  # the test metrics, printed by `follow`
+    record = read_results(run_dir)
+    assert record["world_size"] == 2 and record["backend"] == "gloo" and record["batching"] == "dist_index"
+    assert record["device"] == "cpu" and [e["epoch"] for e in record["epochs"]] == [1, 2]
+    text = log.read_text()
+    # the venv's Python on the node, torchrun over both ranks with a c10d rendezvous on the first node
+    assert f"{Path(sys.executable).parent}/" in text
+    assert "-m torch.distributed.run --nnodes=1 --nproc_per_node=2" in text
+    assert "--rdzv_backend=c10d" in text and f"--rdzv_id={job_id}" in text
+    port = 15000 + int(job_id) % 10000  # launcher.rdzv_port=0: from the job id
+    assert f"--rdzv_endpoint={slurm_cluster.node or record['host']}:{port}" in text
+    cache = Path(os.environ["STGNN_CACHE"])
+    assert synthetic_path(cache / "synthetic", 10, 700, seed).is_file(), "the job did not use this session's cache"
+    info = job_info(job_id) or {}
+    if info:  # one core per rank: the node task asked for 2
+        assert info.get("NumCPUs") == "2", info
+
+
+@pytest.mark.slurm
+def test_train_sbatch_two_cpu_ranks(slurm_cluster, workdir):
+    """`sbatch scripts/slurm/train.sbatch OVERRIDES` on CPU nodes: prepares the run dir, then torchrun."""
+    run_dir = workdir / "run"
+    out = workdir / "slurm.out"
+    env = slurm_cluster.env({"STGNN_CPU": "1", "STGNN_PYTHON": sys.executable})
+    job_id = submit([f"--partition={slurm_cluster.partition}", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2",
+                     "--time=5", f"--output={out}", f"--chdir={workdir}", str(REPO / "scripts/slurm/train.sbatch"),
+                     *TINY, "batching=dist_index", f"hydra.run.dir={run_dir}"], env=env)
+    state = wait_for_job(job_id, timeout=240, poll_s=1)
+    text = out.read_text() if out.exists() else "<no output>"
+    assert state == "COMPLETED", text
+    record = read_results(run_dir)
+    assert record["world_size"] == 2 and record["backend"] == "gloo" and record["batching"] == "dist_index"
+    assert record["config"]["launcher"]["cpu"] is True and record["config"]["gpus"] == 2
+    assert record["config"]["trainer"]["num_threads"] == 1  # 2 cores for 2 ranks
+    assert "1 nodes x 2 ranks = 2 ranks" in text and f"run dir {run_dir}" in text
+    assert "--nnodes=1 --nproc_per_node=2" in text and "--rdzv_backend=c10d" in text
+    assert f"--rdzv_id={job_id}" in text and (run_dir / "config.yaml").is_file()
+
+
+@pytest.mark.slurm
+def test_sweep_sbatch_job_array(slurm_cluster, workdir):
+    """`bash scripts/slurm/sweep.sbatch [sbatch options] FILE OVERRIDES`: one array task per line."""
+    sweep = workdir / "sweep.txt"
+    sweep.write_text("# two runs\nbatching=index\n\nbatching=standard trainer.max_epochs=1\n")
+    env = slurm_cluster.env({"STGNN_CPU": "1", "STGNN_PYTHON": sys.executable})
+    proc = subprocess.run(["bash", "scripts/slurm/sweep.sbatch", "--parsable", f"--partition={slurm_cluster.partition}",
+                           "--gpus-per-node=0", "--cpus-per-task=1", "--time=5", f"--chdir={workdir}",
+                           f"--output={workdir}/slurm-%A_%a.out", str(sweep), *TINY],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr
+    array_id = proc.stdout.strip().split(";")[0]
+    for task, (batching, epochs) in enumerate([("index", 2), ("standard", 1)]):
+        state = wait_for_job(f"{array_id}_{task}", timeout=240, poll_s=1)
+        log = workdir / f"slurm-{array_id}_{task}.out"
+        assert state == "COMPLETED", log.read_text() if log.exists() else "<no output>"
+        record = read_results(workdir / "runs" / f"slurm-{array_id}_{task}")
+        assert record["batching"] == batching and len(record["epochs"]) == epochs and record["world_size"] == 1
+        assert record["config"]["trainer"]["num_threads"] == 1  # its one core (--cpus-per-task=1)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, workdir):
+    """A 1-minute job that cannot finish: Slurm's time-limit signal (launcher.signal_delay_s=10) reaches
+    submitit, which requeues the job; the requeued job resumes from the last epoch checkpoint.
+
+    Two test-side shortcuts keep this under ~2 minutes, neither on the path under test: Slurm holds a
+    requeued job for 120 s (BeginTime), which `scontrol update StartTime=now` lifts; and once the first
+    run is stopped, the run's config.yaml is given a max_epochs two past its last checkpoint (and the job
+    a longer limit), so the resumed run is short and not cut again. With a 1-minute limit and
+    signal_delay_s=10 Slurm signals 20-50 s after the start (it checks every 30 s, up to 30 s early).
+    """
+    from omegaconf import OmegaConf
+
+    from stgnn_launch.train.checkpoint import load
+
+    run_dir = workdir / "run"
+    stdout = workdir / "stgnn-train.out"
+    cmd = stgnn_train_cmd(slurm_cluster, run_dir, "dataset.num_steps=3000", "trainer.max_epochs=1000",
+                          "trainer.patience=1000", "launcher.time_min=1", "launcher.signal_delay_s=10")
+    with stdout.open("w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=workdir,
+                                env=slurm_cluster.env())
+    try:
+        deadline = time.monotonic() + 60
+        while not re.search(r"submitted Slurm job \d+", stdout.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, stdout.read_text()
+            time.sleep(0.5)
+        job_id = submitted_job_id(stdout.read_text())
+        log, err = (run_dir / "slurm" / job_id / f"{job_id}_0_log.{ext}" for ext in ("out", "err"))
+        deadline = time.monotonic() + 150
+        while True:  # until the time-limit signal has requeued it
+            info = job_info(job_id) or {}
+            if int(info.get("Restarts", "0")) >= 1 and info.get("JobState") == "PENDING":
+                break
+            assert proc.poll() is None, stdout.read_text()
+            assert time.monotonic() < deadline, f"job {job_id} not requeued: {info}\n{stdout.read_text()}"
+            time.sleep(0.5)
+        time.sleep(2)  # the first run's processes end within KillWait
+        checkpointed = load(run_dir / "checkpoints" / "last.pt")["epoch"]
+        assert checkpointed >= 1, "the job was requeued before its first epoch checkpoint"
+        config = OmegaConf.load(run_dir / "config.yaml")
+        config.trainer.max_epochs = checkpointed + 2
+        OmegaConf.save(config, run_dir / "config.yaml")
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now", "TimeLimit=5"], check=True,
+                       timeout=30)
+        proc.wait(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = stdout.read_text()
+    assert proc.returncode == 0, out + (err.read_text() if err.exists() else "")
+    assert f"Slurm job {job_id}: requeued (time limit or preemption; restart 1)" in out, out
+    assert f"Slurm job {job_id} finished" in out
+    assert "this job is timed-out" in err.read_text()  # submitit caught Slurm's time-limit signal
+    resumed = [int(n) for n in re.findall(r"resumed from \S+ after epoch (\d+)", log.read_text())]
+    assert len(resumed) == 1 and resumed[0] >= checkpointed, log.read_text()
+    record = read_results(run_dir)
+    assert [e["epoch"] for e in record["epochs"]] == list(range(1, checkpointed + 3))
+    assert record["world_size"] == 2
+    if slurm_cluster.accounting:
+        runs = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job_id, "-o", "State"], capture_output=True,
+                              text=True, timeout=30).stdout.split()
+        assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs
