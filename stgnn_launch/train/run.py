@@ -15,7 +15,7 @@ from stgnn_launch.data.batching import Batcher, build_source, place_series
 from stgnn_launch.data.datasets import load_dataset
 from stgnn_launch.data.prepare import Prepared, prepare
 from stgnn_launch.data.series import Series
-from stgnn_launch.dist.context import DistContext, all_reduce_sum, init_distributed, shutdown
+from stgnn_launch.dist.context import DistContext, init_distributed, shutdown
 from stgnn_launch.train.metrics import MetricSums
 from stgnn_launch.train.record import RESULTS, git_sha, peak_rss_bytes, write_json_atomic
 from stgnn_launch.train.trainer import Trainer, make_model
@@ -82,8 +82,8 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
         trainer = Trainer(cfg, ctx, model, prepared, batcher, run_dir)
         trainer.fit()
         trainer.load_best()
-        val = trainer.evaluate("val")
-        test = trainer.evaluate("test")
+        val_sums, test_sums = trainer.evaluate_sums("val"), trainer.evaluate_sums("test")
+        test = test_sums.result()
         record = {
             "config": asdict(cfg),
             "batching": cfg.batching.mode,
@@ -95,7 +95,7 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "parameters": sum(p.numel() for p in model.parameters()),
             "epochs": trainer.history,
             "best_epoch": trainer.best_epoch,
-            "val": val,
+            "val": val_sums.result(),
             "test": test,
             "data_bytes": batcher.source.data_bytes,
             "node_data_bytes": node_data_bytes(facts["node_shared"], ctx, batcher.source.data_bytes, prepared),
@@ -105,8 +105,8 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "host": socket.gethostname(),
         }
         if cfg.trainer.pooled_steps:
-            record["val_pooled"] = pooled_metrics(trainer, "val", cfg.trainer.pooled_steps)
-            record["test_pooled"] = pooled_metrics(trainer, "test", cfg.trainer.pooled_steps)
+            record["val_pooled"] = pooled_by_minutes(val_sums, cfg.trainer.pooled_steps, prepared.steps_per_day)
+            record["test_pooled"] = pooled_by_minutes(test_sums, cfg.trainer.pooled_steps, prepared.steps_per_day)
         if ctx.is_main:
             write_json_atomic(record, run_dir / RESULTS)
             print(format_test(test), flush=True)
@@ -118,18 +118,10 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
         shutdown(ctx)
 
 
-@torch.no_grad()
-def pooled_metrics(trainer: Trainer, split: str, upto_steps: list[int]) -> dict[str, dict[str, float]]:
-    """T-GCN's reporting on `split`: metrics and accuracy pooled over output steps 1..k for each k,
-    keyed by minutes ("15" for 3 five-minute steps). The same predictions and reduction over ranks as
-    Trainer.evaluate, kept as one more pass so that the `test` record stays exactly as before."""
-    trainer.model.eval()
-    sums = MetricSums(trainer.prepared.horizon, trainer._reduce_device)
-    for x, y in trainer.batcher.eval_batches(split):
-        x, y = trainer._to_device(x, y)
-        sums.update(trainer._predict(trainer.model, x, None), y, trainer.prepared.null_value)
-    all_reduce_sum(sums.sums, trainer.ctx)
-    minutes = 1440 / trainer.prepared.steps_per_day
+def pooled_by_minutes(sums: MetricSums, upto_steps: list[int], steps_per_day: int) -> dict[str, dict[str, float]]:
+    """T-GCN's reporting: metrics and accuracy pooled over output steps 1..k for each k, keyed by minutes
+    ("15" for 3 five-minute steps)."""
+    minutes = 1440 / steps_per_day
     return {f"{int(k) * minutes:g}": m for k, m in sums.pooled(upto_steps).items()}
 
 

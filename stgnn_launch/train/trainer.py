@@ -141,15 +141,19 @@ class Trainer:
         return self.ctx.device if self.ctx.backend == "nccl" else torch.device("cpu")
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, dict[str, float]]:
-        """Masked metrics on de-normalized values, summed over this rank's windows, then over ranks."""
+    def evaluate_sums(self, split: str) -> MetricSums:
+        """Error sums and mask counts on de-normalized values over this rank's windows, then over ranks."""
         self.model.eval()
         sums = MetricSums(self.prepared.horizon, self._reduce_device)
         for x, y in self.batcher.eval_batches(split):
             x, y = self._to_device(x, y)
             sums.update(self._predict(self.model, x, None), y, self.prepared.null_value)
         all_reduce_sum(sums.sums, self.ctx)
-        return sums.result()
+        return sums
+
+    def evaluate(self, split: str) -> dict[str, dict[str, float]]:
+        """Masked MAE, RMSE and MAPE at horizons 3, 6, 12 and pooled ("avg")."""
+        return self.evaluate_sums(split).result()
 
     def fit(self) -> None:
         """Epochs with early stopping on validation MAE; a checkpoint after every epoch."""
