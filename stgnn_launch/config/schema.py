@@ -104,7 +104,7 @@ class TrainerConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     bf16: bool = False  # autocast to bfloat16 on CUDA
     resume: bool = False  # continue from the run directory's last checkpoint
-    progress: bool = True  # progress bar on rank 0
+    progress: bool = True  # progress bar on rank 0 (only when stderr is a terminal: batch logs stay clean)
     max_batches_per_epoch: Optional[int] = None  # cap for smoke tests and profiling
     num_threads: Optional[int] = None  # torch intra-op threads; None = this process's share of the cores
     # T-GCN's reporting: metrics pooled over output steps 1..k for each k here (e.g. [3, 6, 9, 12]), with

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -114,7 +115,7 @@ class Trainer:
         loss_sum = torch.zeros(2, dtype=torch.float64)  # sum of batch losses, number of windows seen
         started = time.perf_counter()
         bar = tqdm(shards, desc=f"epoch {epoch}", leave=False, mininterval=2.0,
-                   disable=not (self.ctx.is_main and self.trainer_cfg.progress))
+                   disable=not (self.ctx.is_main and self.trainer_cfg.progress and sys.stderr.isatty()))
         for positions in bar:
             x, y = self._to_device(*self.batcher.source.take("train", positions))
             pred = self._predict(self.network, x, y)
