@@ -86,6 +86,10 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def shutdown(ctx: DistContext) -> None:
+def shutdown(ctx: DistContext, together: bool = True) -> None:
+    """Leave together after a normal end: a rank tearing its group down while another still talks to it
+    can abort. After an error there is no waiting for ranks that may never come."""
     if ctx.distributed and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()

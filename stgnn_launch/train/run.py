@@ -113,9 +113,10 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
             if cfg.trainer.pooled_steps:
                 print(format_pooled(record["test_pooled"]), flush=True)
             print(f"results: {run_dir / RESULTS}", flush=True)
+        shutdown(ctx)
         return record
     finally:
-        shutdown(ctx)
+        shutdown(ctx, together=False)  # no-op after the normal end
 
 
 def pooled_by_minutes(sums: MetricSums, upto_steps: list[int], steps_per_day: int) -> dict[str, dict[str, float]]:
@@ -156,9 +157,10 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
         if ctx.is_main:
             write_json_atomic(record, run_dir / f"eval_{split}_w{ctx.world_size}.json")
             print(format_test(metrics).replace("test metrics", f"{split} metrics"), flush=True)
+        shutdown(ctx)
         return record
     finally:
-        shutdown(ctx)
+        shutdown(ctx, together=False)  # no-op after the normal end
 
 
 def format_test(test: dict[str, dict[str, float]]) -> str:
