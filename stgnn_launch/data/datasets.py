@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from stgnn_launch.config.schema import DatasetConfig
@@ -46,8 +47,7 @@ def load_dataset(cfg: DatasetConfig, time_range: tuple[int, int] | None = None) 
         from stgnn_launch.data.graph import load_graph
 
         adjacency, _ = load_graph(Path(cfg.adj_path).expanduser(), sensor_ids=series.sensor_ids)
-        series.adjacency = adjacency
-        series.__post_init__()  # re-check the graph's size against the series
+        series = replace(series, adjacency=adjacency)  # Series checks the graph's size against its sensors
     if series.adjacency is None:
         raise UserError(f"dataset.adj_path: expected a graph file for dataset {cfg.name!r} "
                         f"(the series file carries none), found {cfg.adj_path!r}")
