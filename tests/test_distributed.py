@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,22 +72,25 @@ def worker_pids(run_dir: Path) -> list[int]:
 
 
 def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path):
-    """SIGKILL one rank mid-epoch; torchrun restarts the ranks, which resume from the last checkpoint."""
+    """SIGKILL one rank mid-training; torchrun restarts the ranks, which resume from the last checkpoint."""
     run_dir = tmp_path / "run"
+    # Epochs of a few seconds, so that a kill sent as soon as epoch 1's checkpoint appears lands inside
+    # epoch 2 (or at worst 3) on a fast machine as on a loaded one.
     proc = stgnn_train(run_dir, "gpus=2", "batching=dist_index", "trainer.max_epochs=3", "launcher.max_restarts=1",
-                       "dataset.num_nodes=30", "dataset.num_steps=2500", "model.params.hidden=32", wait=False)
+                       "dataset.num_nodes=30", "dataset.num_steps=8000", "model.params.hidden=32", wait=False)
     last = run_dir / "checkpoints" / "last.pt"
     deadline = time.time() + 240
     while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert last.exists(), proc.communicate()[0]
-    time.sleep(1.0)  # well inside epoch 2
     victims = worker_pids(run_dir)
     assert len(victims) == 2
     os.kill(victims[1], signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    assert "resumed from" in out and "after epoch 1" in out
+    resumed = re.search(r"resumed from \S+ after epoch (\d+)", out)
+    assert resumed is not None, out
+    assert int(resumed.group(1)) in (1, 2), out  # the kill hit training, not the end of the run
     record = json.loads((run_dir / "results.json").read_text())
     assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3]
     assert record["world_size"] == 2
