@@ -39,6 +39,7 @@ def test_results_json_has_the_record(tmp_path):
     assert record["config"]["batching"]["window"] == 12
     assert record["data_bytes"] > 0 and record["peak_rss_bytes"] > 10**7
     assert "git_sha" in record
+    assert 0 < record["setup_time_s"] < record["wall_time_s"]
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
 

@@ -79,6 +79,7 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(cfg.trainer.num_threads)
     try:
         prepared, batcher, model, facts = build_pipeline(cfg, ctx)
+        setup_time_s = time.time() - started  # process group, data load, split, scaler, windows, model
         trainer = Trainer(cfg, ctx, model, prepared, batcher, run_dir)
         trainer.fit()
         trainer.load_best()
@@ -100,6 +101,7 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "data_bytes": batcher.source.data_bytes,
             "node_data_bytes": node_data_bytes(facts["node_shared"], ctx, batcher.source.data_bytes, prepared),
             "peak_rss_bytes": peak_rss_bytes(),
+            "setup_time_s": setup_time_s,
             "wall_time_s": time.time() - started,
             "git_sha": git_sha(),
             "host": socket.gethostname(),
@@ -148,6 +150,7 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
     ctx = init_distributed(use_cuda=torch.cuda.is_available() and not cfg.launcher.cpu)
     try:
         prepared, batcher, model, facts = build_pipeline(cfg, ctx)
+        setup_time_s = time.time() - started  # process group, data load, split, scaler, windows, model
         trainer = Trainer(cfg, ctx, model, prepared, batcher, run_dir)
         if trainer.trainable:
             trainer.load_best(required=True)
