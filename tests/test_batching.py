@@ -1,7 +1,5 @@
 """Every batch of `index`, and of `dist_index` (union over ranks), equals `standard` bitwise."""
 
-import numpy as np
-import pytest
 import torch
 
 from helpers import random_series, shared_file

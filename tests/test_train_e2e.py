@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from helpers import TINY, compose_config
 from stgnn_launch.train.run import run_training

@@ -150,7 +150,6 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
     ctx = init_distributed(use_cuda=torch.cuda.is_available() and not cfg.launcher.cpu)
     try:
         prepared, batcher, model, facts = build_pipeline(cfg, ctx)
-        setup_time_s = time.time() - started  # process group, data load, split, scaler, windows, model
         trainer = Trainer(cfg, ctx, model, prepared, batcher, run_dir)
         if trainer.trainable:
             trainer.load_best(required=True)
