@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
@@ -12,14 +11,9 @@ import torch
 
 from helpers import shared_file
 from stgnn_launch.cli.data import main
+from stgnn_launch.data.graph import load_graph
 from stgnn_launch.data.hdf5_native import read_native, write_series
 from stgnn_launch.data.series import Series
-
-
-def _needs(module: str) -> None:
-    """The graph and synthetic modules are written separately; skip their subcommands until they exist."""
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not present yet")
 
 
 @pytest.fixture
@@ -63,7 +57,6 @@ def test_inspect_series_with_stored_graph(tmp_path, capsys):
 
 
 def test_inspect_graphs(tmp_path, capsys):
-    _needs("stgnn_launch.data.graph")
     pickle_path = shared_file("metr-la/adj_mx.pkl")
     assert main(["inspect", str(pickle_path)]) == 0
     printed = capsys.readouterr().out
@@ -79,9 +72,6 @@ def test_inspect_graphs(tmp_path, capsys):
 
 
 def test_graph_from_distances(tmp_path, capsys):
-    _needs("stgnn_launch.data.graph")
-    from stgnn_launch.data.graph import load_graph
-
     distances = shared_file("pems-bay/distances_bay_2017.csv")
     reference = shared_file("pems-bay/adj_mx_bay.pkl")
     out = tmp_path / "bay.pkl"
@@ -94,7 +84,6 @@ def test_graph_from_distances(tmp_path, capsys):
 
 
 def test_generate(tmp_path, capsys):
-    _needs("stgnn_launch.data.synthetic")
     out = tmp_path / "synthetic.h5"
     assert main(["generate", "--nodes", "6", "--steps", "50", "--seed", "3", "--out", str(out), "--freq", "1min"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd  # test extra: writes the published HDFStore layout (through PyTables)
 import pytest
 import torch
 
@@ -23,11 +24,6 @@ from stgnn_launch.data.tabular import AXIS_ORDERS
 from stgnn_launch.errors import UserError
 
 IDS = ["773869", "767541", "767542", "717447", "717446", "717445"]
-
-
-def _pandas():
-    pytest.importorskip("tables")  # pandas writes HDFStore files through PyTables
-    return pytest.importorskip("pandas")
 
 
 def _frame(pd, steps: int = 300, unit: str = "ns", columns: list[str] = IDS):
@@ -57,7 +53,6 @@ def _assert_matches_frame(series: Series, df) -> None:
 @pytest.mark.parametrize("unit", ["ns", "us"])
 @pytest.mark.parametrize("key", ["df", "speed"])
 def test_pandas_fixed_frame_matches_pandas(tmp_path, unit, key):
-    pd = _pandas()
     path = tmp_path / "metr-la.h5"
     _frame(pd, unit=unit).to_hdf(path, key=key, format="fixed")
     assert _kind(path, key) == f"datetime64[{unit}]"  # the layout this case is meant to cover
@@ -89,12 +84,10 @@ def test_pandas_bare_datetime64_kind_means_nanoseconds(tmp_path, kind):
     np.testing.assert_array_equal(series.values[:, :, 0].numpy(), values.astype(np.float32))
     assert series.sensor_ids == ["717447", "717446"]
     if isinstance(kind, str):  # pandas reads str attributes only: confirm the hand-made layout is faithful
-        pd = _pandas()
         _assert_matches_frame(series, pd.read_hdf(path, "df"))
 
 
 def test_pandas_mixed_blocks_and_integer_labels(tmp_path):
-    pd = _pandas()
     df = pd.DataFrame({"a": np.arange(6.0), "b": np.arange(6), "c": np.arange(6, dtype=np.float32) / 2,
                        "d": np.arange(6) % 2 == 0, "e": np.arange(6.0) * 3},
                       index=pd.date_range("2012-03-01", periods=6, freq="1h"))
@@ -107,7 +100,6 @@ def test_pandas_mixed_blocks_and_integer_labels(tmp_path):
 
 
 def test_pandas_time_range(tmp_path):
-    pd = _pandas()
     df = _frame(pd)
     df.to_hdf(tmp_path / "f.h5", key="df", format="fixed")
     _assert_matches_frame(read_pandas_hdf(tmp_path / "f.h5", start=100, stop=150), df.iloc[100:150])
@@ -115,7 +107,6 @@ def test_pandas_time_range(tmp_path):
 
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_pandas_reader_peak_memory_within_115_percent(tmp_path, interleaved):
-    pd = _pandas()
     steps, nodes = 20000, 50
     columns = [str(i) for i in range(nodes)]
     df = _frame(pd, steps=steps, columns=columns)
@@ -136,7 +127,6 @@ def test_pandas_reader_peak_memory_within_115_percent(tmp_path, interleaved):
 
 
 def test_pandas_errors_name_the_keys_and_the_format(tmp_path):
-    pd = _pandas()
     path = tmp_path / "two.h5"
     _frame(pd).to_hdf(path, key="df", format="fixed")
     _frame(pd).to_hdf(path, key="speed", format="fixed")
@@ -217,19 +207,20 @@ def test_csv_with_time_column_and_missing_cells(tmp_path, corner):
                                   np.array([[1.5, np.nan], [np.nan, 3], [4, 5]], dtype=np.float32))
 
 
-def test_csv_errors_name_rows(tmp_path):
-    (tmp_path / "gap.csv").write_text("time,a\n2012-03-01T00:00,1\n2012-03-01T00:05,2\n2012-03-01T00:15,3\n")
-    with pytest.raises(UserError, match=r"gap\.csv: expected evenly spaced.*data row 3"):
-        read_series(tmp_path / "gap.csv")
-    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3\n")
-    with pytest.raises(UserError, match=r"ragged\.csv: data rows 1-2: expected 2 numbers per row"):
-        read_series(tmp_path / "ragged.csv")
-    (tmp_path / "text.csv").write_text("a,b\n1,2\n3,x\n")
-    with pytest.raises(UserError, match=r"text\.csv: data rows 1-2: expected 2 numbers.*'x'"):
-        read_series(tmp_path / "text.csv")
-    (tmp_path / "empty.csv").write_text("a,b\n")
-    with pytest.raises(UserError, match=r"empty\.csv: expected a header row .* found 2 ids and 0 rows"):
-        read_series(tmp_path / "empty.csv")
+@pytest.mark.parametrize("name, text, message", [
+    ("gap.csv", "time,a\n2012-03-01T00:00,1\n2012-03-01T00:05,2\n2012-03-01T00:15,3\n",
+     r"gap\.csv: expected evenly spaced.*data row 3"),
+    ("ragged.csv", "a,b\n1,2\n3\n", r"ragged\.csv: data rows 1-2: expected 2 numbers per row"),
+    ("text.csv", "a,b\n1,2\n3,x\n", r"text\.csv: data rows 1-2: expected 2 numbers.*'x'"),
+    ("empty.csv", "a,b\n", r"empty\.csv: expected a header row .* found 2 ids and 0 rows"),
+])
+def test_csv_errors_name_rows(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UserError, match=message):
+        read_series(tmp_path / name)
+
+
+def test_csv_bad_frequency_is_named(tmp_path):
     (tmp_path / "ok.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match=r"step frequency: expected .* found '5 parsecs'"):
         read_series(tmp_path / "ok.csv", freq="5 parsecs")

@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+import submitit
 
 # The fixture lives in tests/slurm_cluster.py (tests/conftest.py may re-export it too).
 try:  # tests/ on sys.path (conftest.py puts it there; so does pytest's rootdir import mode)
@@ -108,7 +109,6 @@ def _wait_submitit(job, timeout: float = 180.0) -> None:
 
 
 def test_submitit_result(slurm_cluster, tmp_path):
-    submitit = pytest.importorskip("submitit")
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
     executor.update_parameters(
         slurm_partition=slurm_cluster.partition, timeout_min=5, nodes=1, tasks_per_node=1, cpus_per_task=1,
@@ -128,7 +128,6 @@ def test_submitit_result(slurm_cluster, tmp_path):
 
 
 def test_submitit_exception(slurm_cluster, tmp_path):
-    submitit = pytest.importorskip("submitit")
     executor = submitit.SlurmExecutor(folder=tmp_path / "submitit")
     executor.update_parameters(partition=slurm_cluster.partition, time=5, ntasks_per_node=1, job_name="stgnn-boom")
     job = executor.submit(_boom)
@@ -147,7 +146,6 @@ def test_submitit_and_slurm_side_failure(slurm_cluster, tmp_path):
     stays False and `job.result()` would wait forever: callers must watch squeue/scontrol
     themselves (as `_wait_submitit` does). This pins down both behaviours.
     """
-    submitit = pytest.importorskip("submitit")
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
     executor.update_parameters(slurm_partition=slurm_cluster.partition, timeout_min=5, name="stgnn-cancelled")
     job = executor.submit(time.sleep, 600)
