@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from stgnn_launch.atomic_write import replacing
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
 
@@ -26,11 +27,9 @@ def to_config(cfg: DictConfig | dict) -> Config:
 
 
 def save_run_config(cfg: Config, run_dir: Path) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / RUN_CONFIG
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(asdict(cfg))))
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(asdict(cfg))))
     return path
 
 

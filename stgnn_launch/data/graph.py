@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stgnn_launch.atomic_write import replacing
 from stgnn_launch.errors import UserError, expect
 
 _REFUSED = "only numpy arrays, lists, dicts and strings are allowed in a graph pickle"
@@ -178,17 +179,11 @@ def save_graph(path: str | os.PathLike, adjacency: np.ndarray, sensor_ids: Seque
             raise UserError(f"graph {path}: expected {adjacency.shape[0]} sensor ids to write a .pkl, found {found}")
         ids = [str(s) for s in sensor_ids]
         _check_unique(path, ids)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            if suffix == ".npy":
-                np.save(file, adjacency)
-            else:
-                pickle.dump([ids, {s: i for i, s in enumerate(ids)}, adjacency], file, protocol=4)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as tmp, open(tmp, "wb") as file:
+        if suffix == ".npy":
+            np.save(file, adjacency)
+        else:
+            pickle.dump([ids, {s: i for i, s in enumerate(ids)}, adjacency], file, protocol=4)
     return path
 
 

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import torch
 
+from stgnn_launch.atomic_write import temp_path_beside
 from stgnn_launch.data.series import Series
 from stgnn_launch.errors import UserError
 
@@ -45,7 +46,7 @@ class NativeWriter:
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._tmp = temp_path_beside(self.path)
         n, f = len(sensor_ids), len(feature_names)
         self._file = h5py.File(self._tmp, "w")
         self._file.attrs["layout"] = LAYOUT

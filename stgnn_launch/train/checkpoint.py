@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from stgnn_launch.atomic_write import replacing
+
 from stgnn_launch.errors import UserError
 
 LAST = "last.pt"
@@ -16,15 +18,10 @@ BEST = "best.pt"
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Never leaves a half-written checkpoint under `path`: a crash keeps the previous one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         torch.save(state, tmp)
         with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            os.fsync(handle.fileno())  # on disk before the rename: a node crash keeps the old checkpoint
 
 
 def load(path: Path) -> dict[str, Any]:

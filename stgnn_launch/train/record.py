@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from stgnn_launch.atomic_write import replacing
 
 RESULTS = "results.json"
 
@@ -28,10 +29,8 @@ def git_sha() -> str | None:
 
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
