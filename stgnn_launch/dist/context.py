@@ -39,6 +39,11 @@ def in_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, which Slurm and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def init_distributed(use_cuda: bool | None = None) -> DistContext:
     """One device per local rank: CUDA with nccl where there are GPUs, else the CPU with gloo."""
     rank = int(os.environ.get("RANK", 0))
@@ -52,8 +57,7 @@ def init_distributed(use_cuda: bool | None = None) -> DistContext:
     else:
         device = torch.device("cpu")
         # Each CPU rank gets its share of the cores, so that ranks do not oversubscribe the node.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // max(1, local_world)))
+        torch.set_num_threads(max(1, usable_cores() // max(1, local_world)))
     backend = None
     if world > 1:
         backend = "nccl" if cuda else "gloo"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import torch
 
 from stgnn_launch.config.schema import Config
+from stgnn_launch.dist.context import usable_cores
 from stgnn_launch.errors import UserError
 from stgnn_launch.launch.torchrun import build_torchrun_cmd
 
@@ -17,8 +17,7 @@ def node_capacity(cpu_only: bool) -> tuple[int, str]:
     """How many ranks this node can hold: its GPUs, or its cores when it has none."""
     if not cpu_only and torch.cuda.is_available():
         return torch.cuda.device_count(), "GPUs"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cores, "CPU cores (no GPU, so ranks are CPU processes on gloo)"
+    return usable_cores(), "CPU cores (no GPU, so ranks are CPU processes on gloo)"
 
 
 def run_torchrun_locally(cfg: Config, run_dir: Path, worker_args: tuple[str, ...] = ()) -> int:
