@@ -24,7 +24,7 @@ def child(mode: str, path: str, batches: int) -> None:
     import torch
 
     from stgnn_launch.data.batching import Batcher, build_source
-    from stgnn_launch.data.hdf5_native import read_native
+    from stgnn_launch.data.readers.hdf5_native import read_native
     from stgnn_launch.data.prepare import prepare
     from stgnn_launch.train.record import peak_rss_bytes
 

@@ -17,14 +17,14 @@ def prepared_from(series, **overrides):
 
 
 def synthetic_series(tmp_path):
-    from stgnn_launch.data.hdf5_native import read_native
+    from stgnn_launch.data.readers.hdf5_native import read_native
     from stgnn_launch.data.synthetic import generate_synthetic
 
     return read_native(generate_synthetic(tmp_path / "syn.h5", num_nodes=12, num_steps=900, seed=3))
 
 
 def losloop_series():
-    from stgnn_launch.data.load import load_series
+    from stgnn_launch.data.readers import load_series
 
     return load_series(shared_file("los-loop/los_speed.csv"), start="2012-03-01T00:00", freq="5min")
 

@@ -12,7 +12,7 @@ import torch
 from helpers import shared_file
 from stgnn_launch.cli.data import main
 from stgnn_launch.data.graph import load_graph
-from stgnn_launch.data.hdf5_native import read_native, write_series
+from stgnn_launch.data.readers.hdf5_native import read_native, write_series
 from stgnn_launch.data.series import Series
 
 

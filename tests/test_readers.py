@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from helpers import shared_file
-from stgnn_launch.data import load as load_module
-from stgnn_launch.data.hdf5_native import write_series
-from stgnn_launch.data.hdf5_pandas import pandas_hdf_shape, read_pandas_hdf
-from stgnn_launch.data.load import convert_to_native, load_series, read_series
+from stgnn_launch.data import readers as load_module
+from stgnn_launch.data.readers.hdf5_native import write_series
+from stgnn_launch.data.readers.hdf5_pandas import pandas_hdf_shape, read_pandas_hdf
+from stgnn_launch.data.readers import convert_to_native, load_series, read_series
 from stgnn_launch.data.series import Series
 from stgnn_launch.data.summary import describe_graph, describe_series
-from stgnn_launch.data.tabular import AXIS_ORDERS
+from stgnn_launch.data.readers.tabular import AXIS_ORDERS
 from stgnn_launch.errors import UserError
 
 IDS = ["773869", "767541", "767542", "717447", "717446", "717445"]

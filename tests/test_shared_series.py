@@ -27,8 +27,8 @@ def rank_main(rank: int, world: int, port: int, cfg, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from stgnn_launch.data.datasets import load_dataset
-    from stgnn_launch.dist.context import barrier, init_distributed, shutdown
-    from stgnn_launch.dist.shared_series import load_node_shared
+    from stgnn_launch.distributed.context import barrier, init_distributed, shutdown
+    from stgnn_launch.distributed.shared_series import load_node_shared
 
     ctx = init_distributed(use_cuda=False)
     series = load_node_shared(cfg, ctx)

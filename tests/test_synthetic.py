@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from stgnn_launch.data.hdf5_native import read_native
+from stgnn_launch.data.readers.hdf5_native import read_native
 from stgnn_launch.data.series import Series
 from stgnn_launch.data.synthetic import ensure_synthetic, generate_synthetic, synthetic_path
 from stgnn_launch.errors import UserError

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import TINY
 from stgnn_launch.data.prepare import split_starts
-from stgnn_launch.dist.time_shard import merged_ranges, owned_training_steps, rank_blocks, to_local
+from stgnn_launch.distributed.time_shard import merged_ranges, owned_training_steps, rank_blocks, to_local
 
 
 def test_blocks_ranges_and_local_indices():

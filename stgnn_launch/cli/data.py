@@ -17,10 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stgnn_launch.data.hdf5_native import native_shape
-from stgnn_launch.data.load import convert_to_native, read_series
+from stgnn_launch.data.readers.hdf5_native import native_shape
+from stgnn_launch.data.readers import convert_to_native, read_series
 from stgnn_launch.data.summary import describe_graph, describe_series, format_summary
-from stgnn_launch.data.tabular import AXIS_ORDERS, DEFAULT_FREQ, DEFAULT_START
+from stgnn_launch.data.readers.tabular import AXIS_ORDERS, DEFAULT_FREQ, DEFAULT_START
 from stgnn_launch.errors import UserError
 
 PROG = "stgnn-data"

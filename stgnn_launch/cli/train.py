@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from stgnn_launch.config.load import save_run_config, to_config
 from stgnn_launch.config.schema import register_configs
-from stgnn_launch.dist.context import in_torchrun
+from stgnn_launch.distributed.context import in_torchrun
 from stgnn_launch.errors import UserError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")

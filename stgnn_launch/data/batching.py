@@ -5,7 +5,7 @@ A window is a start index s: input steps s .. s+W-1, target steps s+W .. s+W+H-1
 * `standard`   materializes every (x, y) window of every split up front: the field's usual pipeline,
                kept as the memory baseline. The series itself is dropped afterwards.
 * `index`      keeps the series once and cuts each batch with one vectorized gather from its starts.
-* `dist_index` the same cut over a copy shared by the ranks of a node (see stgnn_launch.dist), each
+* `dist_index` the same cut over a copy shared by the ranks of a node (see stgnn_launch.distributed), each
                rank taking a disjoint shard of the window starts.
 
 Whatever the mode, rank r of R sees the same schedule: each epoch one permutation of the training

@@ -33,14 +33,14 @@ def _read_options(cfg: DatasetConfig) -> dict:
 
 def dataset_num_steps(cfg: DatasetConfig) -> int:
     """T of the configured series, without reading its values."""
-    from stgnn_launch.data.load import series_num_steps
+    from stgnn_launch.data.readers import series_num_steps
 
     return series_num_steps(series_path(cfg), **_read_options(cfg))
 
 
 def load_dataset(cfg: DatasetConfig, time_range: tuple[int, int] | None = None) -> Series:
     """The configured series (or only steps [first, stop) of it) with its graph attached."""
-    from stgnn_launch.data.load import load_series
+    from stgnn_launch.data.readers import load_series
 
     series = load_series(series_path(cfg), time_range=time_range, **_read_options(cfg))
     if cfg.adj_path:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from stgnn_launch.data.graph import gaussian_kernel
-from stgnn_launch.data.hdf5_native import NativeWriter
+from stgnn_launch.data.readers.hdf5_native import NativeWriter
 from stgnn_launch.data.series import parse_freq, regular_timestamps
 from stgnn_launch.errors import expect
 

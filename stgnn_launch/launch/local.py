@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from stgnn_launch.config.schema import Config
-from stgnn_launch.dist.context import usable_cores
+from stgnn_launch.distributed.context import usable_cores
 from stgnn_launch.errors import UserError
 from stgnn_launch.launch.torchrun import build_torchrun_cmd
 

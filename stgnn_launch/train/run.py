@@ -15,7 +15,7 @@ from stgnn_launch.data.batching import Batcher, build_source, place_series
 from stgnn_launch.data.datasets import load_dataset
 from stgnn_launch.data.prepare import Prepared, prepare
 from stgnn_launch.data.series import Series
-from stgnn_launch.dist.context import DistContext, init_distributed, shutdown
+from stgnn_launch.distributed.context import DistContext, init_distributed, shutdown
 from stgnn_launch.train.metrics import MetricSums
 from stgnn_launch.train.record import RESULTS, git_sha, peak_rss_bytes, write_json_atomic
 from stgnn_launch.train.trainer import Trainer, make_model
@@ -24,7 +24,7 @@ from stgnn_launch.train.trainer import Trainer, make_model
 def load_series_for_rank(cfg: Config, ctx: DistContext) -> Series:
     """dist_index on several ranks shares one copy per node; everything else reads its own."""
     if cfg.batching.mode == "dist_index" and ctx.local_world_size > 1:
-        from stgnn_launch.dist.shared_series import load_node_shared
+        from stgnn_launch.distributed.shared_series import load_node_shared
 
         return load_node_shared(cfg, ctx)
     return load_dataset(cfg.dataset)
@@ -42,7 +42,7 @@ def build_pipeline(cfg: Config, ctx: DistContext) -> tuple[Prepared, Batcher, to
     time_shard = cfg.batching.mode == "dist_index" and cfg.batching.shard == "time" and ctx.world_size > 1
     steps_per_epoch = None
     if time_shard:  # this rank's steps only; its own windows, shuffled among themselves
-        from stgnn_launch.dist.time_shard import load_time_shard
+        from stgnn_launch.distributed.time_shard import load_time_shard
 
         prepared, series, steps_per_epoch = load_time_shard(cfg, ctx)
     else:

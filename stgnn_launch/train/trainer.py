@@ -24,7 +24,7 @@ from tqdm import tqdm
 from stgnn_launch.config.schema import Config
 from stgnn_launch.data.batching import Batcher
 from stgnn_launch.data.prepare import Prepared
-from stgnn_launch.dist.context import DistContext, all_reduce_sum, barrier
+from stgnn_launch.distributed.context import DistContext, all_reduce_sum, barrier
 from stgnn_launch.models.registry import ModelSpec, build_model
 from stgnn_launch.train import checkpoint
 from stgnn_launch.train.metrics import MetricSums, masked_mae_loss, observed_mask

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import h5py
 
-from stgnn_launch.data.hdf5_native import NativeWriter, is_native, native_shape, read_native, write_series
-from stgnn_launch.data.hdf5_pandas import is_pandas_hdf, open_hdf5, pandas_hdf_shape, read_pandas_hdf
+from stgnn_launch.data.readers.hdf5_native import NativeWriter, is_native, native_shape, read_native, write_series
+from stgnn_launch.data.readers.hdf5_pandas import is_pandas_hdf, open_hdf5, pandas_hdf_shape, read_pandas_hdf
 from stgnn_launch.data.series import Series
-from stgnn_launch.data.tabular import DEFAULT_FREQ, DEFAULT_START, TableSource, array_source, collect, csv_source
+from stgnn_launch.data.readers.tabular import DEFAULT_FREQ, DEFAULT_START, TableSource, array_source, collect, csv_source
 from stgnn_launch.errors import UserError
 
 HDF5_SUFFIXES = (".h5", ".hdf5")

@@ -20,7 +20,7 @@ from stgnn_launch.config.schema import Config
 from stgnn_launch.data.datasets import load_dataset
 from stgnn_launch.data.prepare import fill_missing
 from stgnn_launch.data.series import Series
-from stgnn_launch.dist.context import DistContext, barrier
+from stgnn_launch.distributed.context import DistContext, barrier
 from stgnn_launch.errors import UserError
 
 SHM_DIR = "/dev/shm"

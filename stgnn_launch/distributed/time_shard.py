@@ -20,7 +20,7 @@ from stgnn_launch.data.datasets import dataset_num_steps, load_dataset
 from stgnn_launch.data.prepare import (SPLITS, Prepared, fill_missing, scaler_from_sums, scaler_sums,
                                        steps_per_day, time_covariates, window_starts)
 from stgnn_launch.data.series import Series
-from stgnn_launch.dist.context import DistContext, all_reduce_sum
+from stgnn_launch.distributed.context import DistContext, all_reduce_sum
 from stgnn_launch.errors import UserError
 
 
