@@ -23,22 +23,22 @@ def child(mode: str, path: str, batches: int) -> None:
     """Runs in a fresh interpreter: one mode, then its own peak RSS on stdout."""
     import torch
 
-    from stgnn_launch.data.batching import Batcher, build_source
+    from stgnn_launch.data.batching import Batcher, BatchFeed, build_source
+    from stgnn_launch.data.prepare import PrepareSpec, prepare
     from stgnn_launch.data.readers.hdf5_native import read_native
-    from stgnn_launch.data.prepare import prepare
     from stgnn_launch.train.record import peak_rss_bytes
 
     torch.set_num_threads(1)
     series = read_native(path)
-    prepared = prepare(series, window=12, horizon=12, stride=1, train_ratio=0.7, test_ratio=0.2,
-                       null_value=0.0, day_of_week=False)
+    prepared = prepare(series, PrepareSpec())
     del series
     source = build_source(mode, prepared, torch.device("cpu"))
     if mode == "standard":  # the field's pipeline keeps the windows only (as stgnn-train does)
-        prepared.values = torch.empty(0)
-    batcher = Batcher(source, batch_size=64, eval_batch_size=64, shuffle=True, seed=0)
+        prepared = prepared.with_values(torch.empty(0))
+    batcher = Batcher(source.count("train"), batch_size=64, shuffle=True, seed=0)
+    feed = BatchFeed(source, torch.device("cpu"), 64)
     checksum = 0.0
-    for i, (x, y) in enumerate(batcher.train_batches(1)):
+    for i, (x, y) in enumerate(feed.batches("train", batcher.train_positions(1))):
         checksum += float(x[0, 0, 0, 0]) + float(y[-1, -1, -1, 0])
         if i + 1 == batches:
             break

@@ -35,7 +35,7 @@ def random_series(steps: int = 600, nodes: int = 7, features: int = 1, seed: int
                   [f"s{i}" for i in range(nodes)], adjacency)
 
 
-CONF_DIR = str(REPO / "conf")
+CONF_DIR = str(REPO / "stgnn_launch" / "conf")
 
 
 def compose_config(*overrides: str):
@@ -64,6 +64,7 @@ TINY_PARAMS = {
               "model.params.skip_channels=16", "model.params.end_channels=16"),
     "persistence": (),
     "historical_average": (),
+    "pyg_recurrent": ("model.params.hidden=8",),
 }
 
 

@@ -60,3 +60,16 @@ def test_masked_mae_loss():
     p = torch.tensor([[5.0, 12.0], [17.0, 3.0]])
     assert masked_mae_loss(p, y, 0.0).item() == pytest.approx((2 + 3) / 2)
     assert masked_mae_loss(p, torch.zeros_like(y), 0.0).item() == 0.0  # nothing observed: no NaN
+
+
+def test_mape_only_over_targets_above_the_threshold():
+    y = torch.tensor([0.0, 0.5, 2.0, 10.0]).view(1, 1, 4, 1)  # bus counts: 0 is a reading, not missing
+    pred = torch.tensor([1.0, 1.0, 1.0, 12.0]).view(1, 1, 4, 1)
+    sums = MetricSums(1, torch.device("cpu"), mape_threshold=1.0)
+    sums.update(pred, y, None)  # nothing is missing
+    m = sums.result()["avg"]
+    assert m["count"] == 4 and m["mae"] == pytest.approx((1 + 0.5 + 1 + 2) / 4)
+    assert m["mape"] == pytest.approx((0.5 + 0.2) / 2)  # only y = 2 and y = 10 exceed the threshold
+    nothing = MetricSums(1, torch.device("cpu"), mape_threshold=100.0)
+    nothing.update(pred, y, None)
+    assert np.isnan(nothing.result()["avg"]["mape"])  # no target above it: undefined, not 0

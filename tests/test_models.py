@@ -29,7 +29,7 @@ from stgnn_launch.models.graph_ops import (
 from stgnn_launch.models.registry import ModelSpec, available_models, build_model, model_class
 
 N, W, H, B, F_IN, F_OUT, STEPS_PER_DAY, TOD = 6, 12, 12, 4, 2, 1, 24, 1
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF_DIR = Path(__file__).resolve().parents[1] / "stgnn_launch" / "conf" / "model"
 MODELS = available_models()
 TRAINABLE = [name for name in MODELS if getattr(model_class(name), "trainable", True)]
 GRAPH_RNNS = ["tgcn", "a3tgcn", "dcrnn", "dcrnn_pgti"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from helpers import random_series
-from stgnn_launch.data.prepare import fit_scaler, prepare, split_starts, steps_per_day, time_covariates
+from stgnn_launch.data.prepare import PrepareSpec, fill_missing, fit_scaler, prepare, split_starts, steps_per_day, time_covariates
 from stgnn_launch.errors import UserError
 
 
@@ -23,7 +23,7 @@ def test_split_with_stride_and_errors():
     n = (100 - 6) // 3 + 1
     assert sum(len(v) for v in starts.values()) == n
     assert np.all(np.diff(np.concatenate(list(starts.values()))) == 3)
-    with pytest.raises(UserError, match="at least window \\+ horizon = 24 steps, found 20"):
+    with pytest.raises(UserError, match="at least batching.window \\+ batching.horizon = 24 steps, found 20"):
         split_starts(20, 12, 12, 1, 0.7, 0.2)
     with pytest.raises(UserError, match="at least one window in each"):
         split_starts(25, 12, 12, 1, 0.7, 0.2)
@@ -46,8 +46,7 @@ def test_scaler_uses_training_inputs_only_and_skips_missing():
 def test_prepare_fits_scaler_on_training_inputs():
     series = random_series(steps=500, nodes=4)
     series.values[400:] += 500  # test range shifted far away
-    prepared = prepare(series, window=12, horizon=12, stride=1, train_ratio=0.7, test_ratio=0.2,
-                       null_value=0.0, day_of_week=True)
+    prepared = prepare(series, PrepareSpec(day_of_week=True))
     stop = int(prepared.starts["train"][-1]) + 12
     head = prepared.values[:stop].numpy()
     assert prepared.scaler.mean.item() == pytest.approx(head[head != 0].mean(), abs=1e-3)
@@ -56,9 +55,42 @@ def test_prepare_fits_scaler_on_training_inputs():
 
 def test_time_covariates():
     ts = np.array(["2012-03-01T00:00", "2012-03-01T06:00", "2012-03-04T23:55"], dtype="datetime64[ns]")
-    cov = time_covariates(ts, day_of_week=True).numpy()
+    cov = time_covariates(ts, time_of_day=True, day_of_week=True).numpy()
     assert cov[:, 0] == pytest.approx([0.0, 0.25, 1435 / 1440])
     assert cov[:, 1] == pytest.approx([3 / 7, 3 / 7, 6 / 7])  # 2012-03-01 was a Thursday, 03-04 a Sunday
     assert steps_per_day(np.timedelta64(5, "m")) == 288
-    with pytest.raises(UserError, match="divides a day"):
-        steps_per_day(np.timedelta64(7, "m"))
+    assert steps_per_day(np.timedelta64(7, "m")) is None  # no time-of-day slots, still a valid series
+    assert steps_per_day(np.timedelta64(7, "D")) is None
+
+
+def test_weekly_series_gets_no_time_of_day_and_daily_covariate_is_refused():
+    from stgnn_launch.data.series import Series, regular_timestamps
+
+    weekly = random_series(steps=300, nodes=3)
+    weekly = Series(weekly.values, regular_timestamps("2005-01-03T00:00", "7d", 300), weekly.sensor_ids,
+                    weekly.adjacency)
+    prepared = prepare(weekly, PrepareSpec(window=4, horizon=1))
+    assert prepared.covariates.shape == (300, 0) and prepared.tod_channel is None
+    assert prepared.in_features == 1 and prepared.steps_per_day is None
+    with pytest.raises(UserError, match="dataset.covariates: expected auto or none"):
+        prepare(weekly, PrepareSpec(window=4, horizon=1, covariates="time_of_day"))
+    with pytest.raises(UserError, match="dataset.day_of_week: expected false"):
+        prepare(weekly, PrepareSpec(window=4, horizon=1, day_of_week=True))
+
+
+def test_nothing_missing_keeps_zeros_and_negatives_as_readings():
+    series = random_series(steps=400, nodes=3, missing=0.3)  # many zeros: real counts here
+    series.values[5, 0, 0] = -3.0
+    prepared = prepare(series, PrepareSpec(null_value=None))
+    stop = int(prepared.starts["train"][-1]) + 12
+    head = series.values[:stop].double()
+    assert prepared.scaler.mean.item() == pytest.approx(head.mean().item(), abs=1e-4)  # zeros counted
+
+
+def test_fill_missing_counts_nan_and_infinite_readings():
+    values = torch.ones(10, 2, 1)
+    values[1, 0, 0], values[2, 1, 0], values[3, 0, 0] = float("nan"), float("inf"), -float("inf")
+    assert fill_missing(values, 0.0) == 3 and int((values == 0).sum()) == 3 and bool(torch.isfinite(values).all())
+    again = torch.ones(4, 1, 1)
+    again[0, 0, 0], again[1, 0, 0] = float("nan"), float("inf")
+    assert fill_missing(again, None) == 2 and int(torch.isnan(again).sum()) == 2  # NaN is the marker

@@ -222,7 +222,7 @@ def test_csv_errors_name_rows(tmp_path, name, text, message):
 
 def test_csv_bad_frequency_is_named(tmp_path):
     (tmp_path / "ok.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(UserError, match=r"step frequency: expected .* found '5 parsecs'"):
+    with pytest.raises(UserError, match=r"dataset\.freq \(--freq\): expected .* found '5 parsecs'"):
         read_series(tmp_path / "ok.csv", freq="5 parsecs")
 
 

@@ -27,11 +27,12 @@ def rank_main(rank: int, world: int, port: int, cfg, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from stgnn_launch.data.datasets import load_dataset
-    from stgnn_launch.distributed.context import barrier, init_distributed, shutdown
+    from stgnn_launch.distributed.context import RankEnv, barrier, init_distributed, shutdown
     from stgnn_launch.distributed.shared_series import load_node_shared
+    from stgnn_launch.plan import prepare_spec
 
-    ctx = init_distributed(use_cuda=False)
-    series = load_node_shared(cfg, ctx)
+    ctx = init_distributed(RankEnv.from_environ(), torch.device("cpu"), "gloo")
+    series, stats = load_node_shared(cfg.dataset, prepare_spec(cfg), torch.float32, ctx, cfg.run_dir)
     reference = load_dataset(cfg.dataset)
     barrier(ctx)
     Path(out_dir, f"rank{rank}.txt").write_text("\n".join([
@@ -39,6 +40,7 @@ def rank_main(rank: int, world: int, port: int, cfg, out_dir: str) -> None:
         str(torch.equal(series.values, reference.values)),
         str(series.sensor_ids == reference.sensor_ids),
         str(bool((series.adjacency == reference.adjacency).all())),
+        str(stats.scaler_sums[2].item()),
     ]))
     barrier(ctx)
     shutdown(ctx)
@@ -55,9 +57,10 @@ def test_ranks_of_a_node_map_one_shared_copy(tmp_path):
     cfg.run_dir = str(tmp_path)
     mp.spawn(rank_main, args=(2, free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     reports = [Path(tmp_path, f"rank{r}.txt").read_text().splitlines() for r in range(2)]
-    for mapping, same_values, same_ids, same_graph in reports:
+    for mapping, same_values, same_ids, same_graph, _ in reports:
         assert mapping.startswith("/dev/shm/stgnn_")  # the values live in shared memory ...
         assert mapping.endswith("(deleted)")  # ... whose name is already unlinked: nothing can leak
         assert (same_values, same_ids, same_graph) == ("True", "True", "True")
     assert reports[0][0] == reports[1][0]  # ... and it is the same segment on both ranks
+    assert reports[0][4] == reports[1][4] and float(reports[0][4]) > 0  # statistics computed once, shared
     assert not [p for p in os.listdir("/dev/shm") if p.startswith("stgnn_")]

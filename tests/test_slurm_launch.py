@@ -49,7 +49,10 @@ def test_cpu_cluster_asks_one_core_per_rank_and_passes_it_to_srun():
     assert params["cpus_per_task"] == 2 and params["srun_args"] == ["--cpus-per-task=2"]
     assert params["signal_delay_s"] == 30 and params["time"] == 1 and "gpus_per_node" not in params
     gpu = slurm_parameters(compose_config("launcher=slurm", "gpus=8", "launcher.gpus_per_node=4"))
-    assert "cpus_per_task" not in gpu and "srun_args" not in gpu and gpu["signal_delay_s"] == 120
+    # GPU nodes: cpus_per_rank (8) cores per GPU, so that each rank's batch assembly has its share
+    assert gpu["cpus_per_task"] == 32 and gpu["srun_args"] == ["--cpus-per-task=32"] and gpu["signal_delay_s"] == 120
+    assert slurm_parameters(compose_config("launcher=slurm", "gpus=8", "launcher.gpus_per_node=4",
+                                           "launcher.cpus_per_rank=4"))["cpus_per_task"] == 16
     assert slurm_parameters(compose_config("launcher=slurm", "gpus=2", "launcher.gpus_per_node=2", "launcher.cpu=true",
                                            "launcher.cpus_per_task=8"))["cpus_per_task"] == 8
 
@@ -267,7 +270,7 @@ def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, workdir):
     assert f"Slurm job {job_id}: requeued (time limit or preemption; restart 1)" in out, out
     assert f"Slurm job {job_id} finished" in out
     assert "this job is timed-out" in err.read_text()  # submitit caught Slurm's time-limit signal
-    resumed = [int(n) for n in re.findall(r"resumed from \S+ after epoch (\d+)", log.read_text())]
+    resumed = [int(n) for n in re.findall(r"resumed from \S+ at (?:the end of )?epoch (\d+)", log.read_text())]
     assert len(resumed) == 1 and resumed[0] >= checkpointed, log.read_text()
     record = read_results(run_dir)
     assert [e["epoch"] for e in record["epochs"]] == list(range(1, checkpointed + 3))

@@ -9,7 +9,8 @@ import pytest
 
 from helpers import TINY
 from stgnn_launch.data.prepare import split_starts
-from stgnn_launch.distributed.time_shard import merged_ranges, owned_training_steps, rank_blocks, to_local
+from stgnn_launch.data.prepare import input_ranges
+from stgnn_launch.distributed.time_shard import merged_ranges, owned_scaler_ranges, rank_blocks, to_local
 
 
 def test_blocks_ranges_and_local_indices():
@@ -24,10 +25,28 @@ def test_blocks_ranges_and_local_indices():
             # a local window start points at the same global step, and its whole window is loaded
             assert np.array_equal(steps[local[split]], blocks[split])
             assert local[split].max() + 24 <= len(steps)
-        covered.append(owned_training_steps(starts["train"], rank, 3, 12))
+        covered.extend(owned_scaler_ranges(starts["train"], rank, 3, 12))
     # the owned training ranges partition the training inputs' range [0, last start + W)
     assert covered[0][0] == 0 and covered[-1][1] == int(starts["train"][-1]) + 12
-    assert all(covered[i][1] == covered[i + 1][0] for i in range(2))
+    assert all(covered[i][1] == covered[i + 1][0] for i in range(len(covered) - 1))
+
+
+@pytest.mark.parametrize("stride", [1, 5, 30, 41])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_scaler_pieces_partition_the_training_inputs_for_any_stride(stride, world):
+    """With a stride larger than W + H the steps between windows are never training inputs; the ranks'
+    pieces still partition exactly the unsharded scaler's steps, and each lies inside what the rank loaded."""
+    starts = split_starts(2000, 12, 12, stride, 0.7, 0.2)
+    expected = set(s for lo, hi in input_ranges(starts["train"], 12) for s in range(lo, hi))
+    seen = []
+    for rank in range(world):
+        pieces = owned_scaler_ranges(starts["train"], rank, world, 12)
+        loaded = merged_ranges(rank_blocks(starts, rank, world), 24)
+        for lo, hi in pieces:
+            assert any(a <= lo and hi <= b for a, b in loaded)
+            seen.extend(range(lo, hi))
+    assert len(seen) == len(set(seen)) and set(seen) == expected
+    assert max(expected) < starts["val"][0] + 12 or stride == 1  # nothing from validation enters
 
 
 def test_too_many_ranks_is_a_clear_error():

@@ -47,3 +47,55 @@ def test_training_lowers_the_loss(tmp_path):
     record = train(tmp_path, "run", "trainer.max_epochs=3", "trainer.lr=0.01")
     losses = [e["train_loss"] for e in record["epochs"]]
     assert losses[-1] < losses[0]
+
+
+def test_run_reports_where_time_goes_and_what_it_beat(tmp_path):
+    record = train(tmp_path, "run", "trainer.max_epochs=2")
+    assert 0 <= record["data_wait_fraction"] < 1
+    for epoch in record["epochs"]:
+        assert epoch["data_wait_s"] >= 0 and epoch["compute_s"] > 0 and epoch["eval_s"] > 0
+        assert epoch["allreduce_s"] == 0  # one process: no gradient all-reduce
+        assert abs(epoch["data_wait_s"] + epoch["compute_s"] - epoch["epoch_time_s"]) < 1e-6
+    # persistence and the historical average scored on the same test windows as the model
+    assert set(record["baselines"]) == {"persistence", "historical_average"}
+    assert record["baselines"]["persistence"]["avg"]["count"] == record["test"]["avg"]["count"]
+    assert isinstance(record["beats_persistence"], bool)
+    assert record["series_bytes_per_rank"] == record["series_bytes_per_node"] == 700 * 10 * 4
+    assert record["plan"]["prefetch"] and record["plan"]["data_device"] == "cpu"
+
+
+def test_a_run_without_a_terminal_can_be_watched(tmp_path):
+    """stdout is not a terminal here: start-up block, a train.log with everything, metrics.csv per epoch."""
+    import csv
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "watched"
+    proc = subprocess.run([sys.executable, "-m", "stgnn_launch.cli.train", *TINY, "trainer.max_epochs=2",
+                           "trainer.log_every_s=0.01", f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    for fact in ("stgnn-launch run", "dataset:", "700 steps x 10 nodes", "windows:", "model:", "parameters",
+                 "batching:", "ranks:", "batch:", "16 per rank", "data bytes:", "run dir:"):
+        assert fact in proc.stdout
+    assert "epoch 1: step" in proc.stdout  # progress lines without a terminal
+    log = (run_dir / "train.log").read_text()
+    assert "stgnn-launch run" in log and "epoch 2: train_loss" in log and "test metrics" in log
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and float(rows[1]["val_mae"]) > 0
+    assert "<- persistence" in proc.stdout  # the baseline beside the model
+
+
+def test_results_json_is_strict_json_and_a_failed_run_is_marked(tmp_path):
+    from stgnn_launch.train.record import strict_json, write_json_atomic
+
+    write_json_atomic({"a": float("nan"), "b": [float("inf"), 1.5]}, tmp_path / "x.json")
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.5]}
+    import numpy as np
+
+    assert strict_json(np.timedelta64(5, "m")) == 300.0
+    cfg = compose_config(*TINY, "model.params.hidden=-1")
+    with __import__("pytest").raises(Exception, match="model.params.hidden"):
+        run_training(cfg, tmp_path / "bad")
+    failed = json.loads((tmp_path / "bad" / "failed.json").read_text())
+    assert "model.params.hidden" in failed["error"] and not (tmp_path / "bad" / "results.json").exists()

@@ -33,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, OSError) as err:  # OSError: unwritable output, full disk; the message names the file
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

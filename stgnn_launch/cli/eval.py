@@ -16,8 +16,12 @@ USAGE = "usage: stgnn-eval RUN_DIR [split=train|val|test] [gpus=N]"
 
 
 def parse(argv: list[str]) -> tuple[Path, str, int | None]:
-    if not argv or argv[0] in ("-h", "--help"):
-        raise SystemExit(USAGE)
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"{USAGE}\n\n{__doc__.split(chr(10), 2)[2].strip()}")
+        raise SystemExit(0)
+    if not argv:
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(2)
     run_dir, split, gpus = Path(argv[0]), "test", None
     for arg in argv[1:]:
         key, sep, value = arg.partition("=")
@@ -52,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         print(f"stgnn-eval: error: {err}", file=sys.stderr)
         code = 2
+    except KeyboardInterrupt:
+        print("stgnn-eval: interrupted", file=sys.stderr)
+        code = 130
     sys.exit(code)
 
 

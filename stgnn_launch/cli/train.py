@@ -11,17 +11,27 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from stgnn_launch.config.load import save_run_config, to_config
+from stgnn_launch.config.preflight import check_model_params
 from stgnn_launch.config.schema import register_configs
 from stgnn_launch.distributed.context import in_torchrun
 from stgnn_launch.errors import UserError
+from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
+from stgnn_launch.launch import sweep
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # stgnn_launch/conf: in the wheel too
 
 
 def launch(cfg: DictConfig) -> int:
     config = to_config(cfg)
+    check_model_params(config.model.name, dict(config.model.params))  # before any data is read
+    if not in_torchrun():  # the launcher's check, once, before any data is read (ranks skip it)
+        from stgnn_launch.memory import check_fits
+
+        check_fits(config)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config.run_dir = str(run_dir)
+    if sweep.is_slurm_sweep(config):  # -m: submitted with the others once every point is checked
+        return sweep.add_point(config, run_dir)
     if config.launcher.name == "slurm" and config.launcher.dry_run:
         from stgnn_launch.launch.slurm import dry_run
 
@@ -44,8 +54,9 @@ def launch(cfg: DictConfig) -> int:
 
 
 def discard_if_empty(run_dir: Path) -> None:
-    """A run refused before it started leaves no directory behind (Hydra creates it up front)."""
-    hydra_only = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    """A run refused before it started leaves no directory behind (Hydra creates it up front; config.yaml
+    is written before a Slurm submission, which sbatch or the pre-submission checks may still refuse)."""
+    hydra_only = {".hydra", f"{HydraConfig.get().job.name}.log", "config.yaml"}
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_only:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -57,14 +68,22 @@ def _app(cfg: DictConfig) -> None:
     except UserError as err:
         print(f"stgnn-train: error: {err}", file=sys.stderr)
         discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
-        sys.exit(2)
+        sweep.abandon()  # a bad point refuses the whole sweep
+        sys.exit(getattr(err, "exit_code", 2))  # 3: does not fit the node's memory (as stgnn-plan)
+    except Preempted as stop:
+        print(f"stgnn-train: {stop}; continue it with trainer.resume=true", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT)
     if code:
         sys.exit(code)
 
 
 def main() -> None:
     register_configs()
-    _app()
+    try:
+        _app()
+    except KeyboardInterrupt:  # Ctrl-C: the run directory holds failed.json if training had started
+        print("stgnn-train: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

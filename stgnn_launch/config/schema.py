@@ -33,7 +33,8 @@ class DatasetConfig:
     num_steps: int = 4032  # synthetic only (two weeks of 5-minute steps)
     seed: int = 0  # synthetic only
     cache_dir: Optional[str] = None  # where generated/converted files go; None = ~/.cache/stgnn-launch
-    null_value: float = 0.0  # readings equal to this are missing: skipped by the scaler, masked in metrics
+    null_value: Optional[float] = 0.0  # readings equal to this are missing (scaler, metrics); null: none is
+    covariates: str = "auto"  # auto: time of day for sub-daily steps only | time_of_day | none
     train_ratio: float = 0.7  # dcrnn split only: share of the windows for training
     test_ratio: float = 0.2  # share of the windows (dcrnn) or of the time steps (tgcn) at the end for testing
     day_of_week: bool = False  # add a day-of-week covariate after time-of-day
@@ -51,19 +52,43 @@ class DatasetConfig:
                    "less than 1 (the rest is validation)", self.train_ratio + self.test_ratio)
         _check(0 < self.val_ratio_of_train < 1, "dataset.val_ratio_of_train", "a fraction in (0, 1)",
                self.val_ratio_of_train)
+        _check(self.covariates in ("auto", "time_of_day", "none"), "dataset.covariates",
+               "auto, time_of_day or none", self.covariates)
         _check(self.axis_order in ("TN", "NT", "TNF", "NTF", "NFT", "TFN"), "dataset.axis_order",
                "one of TN, NT, TNF, NTF, NFT, TFN", self.axis_order)
         if self.name != "synthetic":
             _check(self.path is not None, "dataset.path",
                    f"the series file of dataset {self.name!r} (set dataset.path=...)", self.path)
+        from stgnn_launch.config.paths import resolve_data_path  # relative: cwd, $STGNN_DATA, the checkout
+
+        self.path, self.adj_path = resolve_data_path(self.path), resolve_data_path(self.adj_path)
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    """`name` picks the model from the registry; every other key is passed to its constructor."""
+    """`name` picks the model from the registry; every other key is passed to its constructor.
+
+    `target` (model=custom) and `cell` (model=pyg_recurrent) are classes by import path. The trainer
+    hands the constructor `params` alone, so they travel there too, under Hydra's reserved names
+    `_target_` / `_cell_` (`model.params._target_=...` is accepted as a spelling of `model.target`).
+    """
 
     name: str = "tgcn"
     params: dict = field(default_factory=dict)
+    target: Optional[str] = None  # model=custom: "pkg.module:Class", "pkg.module.Class" or "path/file.py:Class"
+    cell: Optional[str] = None  # model=pyg_recurrent: a PyG-style recurrent cell class, same spellings
+
+    def __post_init__(self) -> None:
+        for key, owner in (("target", "custom"), ("cell", "pyg_recurrent")):
+            reserved = f"_{key}_"
+            path = getattr(self, key) or self.params.get(reserved)
+            if self.name == owner:
+                _check(isinstance(path, str) and bool(path.strip()), f"model.{key}",
+                       f"an import path module:Class or file.py:Class for model={owner}", path)
+                setattr(self, key, path)
+                self.params = {**self.params, reserved: path}
+            else:
+                _check(path is None, f"model.{key}", f"unset unless model={owner} (model={self.name})", path)
 
 
 @dataclass(kw_only=True)
@@ -72,11 +97,17 @@ class BatchingConfig:
     window: int = 12
     horizon: int = 12
     stride: int = 1  # steps between consecutive window starts
-    batch_size: int = 64  # per rank
+    batch_size: Any = 64  # per rank: a positive integer, or auto (the largest that fits, see stgnn-plan)
     eval_batch_size: Optional[int] = None  # None = batch_size
+    global_batch_size: Optional[int] = None  # fixed over world sizes: batch_size = this / ranks (a sweep
+    #                                          over GPU counts then compares like with like)
     shuffle: bool = True
-    device: str = "cpu"  # cpu: series in (pinned if CUDA) host memory; gpu: series on the GPU
+    device: str = "auto"  # where the series (or standard's windows) lives: cpu (host, one copy per node) |
+    #                       gpu (one copy per GPU) | auto (gpu when the estimate fits the GPU's memory)
+    dtype: str = "float32"  # resident series precision: float32 | bfloat16 | float16 (inputs cast per batch)
     shard: str = "index"  # dist_index: index (every rank maps the node's copy) | time (rank loads its range)
+    prefetch: bool = True  # gather batch k+1 in a background thread while step k runs
+    prefetch_depth: int = 2  # batches gathered ahead
 
     def __post_init__(self) -> None:
         _check(self.mode in ("standard", "index", "dist_index"), "batching.mode",
@@ -84,10 +115,18 @@ class BatchingConfig:
         _check(self.window >= 1, "batching.window", "a positive number of steps", self.window)
         _check(self.horizon >= 1, "batching.horizon", "a positive number of steps", self.horizon)
         _check(self.stride >= 1, "batching.stride", "a positive number of steps", self.stride)
-        _check(self.batch_size >= 1, "batching.batch_size", "a positive integer", self.batch_size)
+        _check(self.batch_size == "auto" or (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
+                                              and self.batch_size >= 1), "batching.batch_size",
+               "a positive integer or auto", self.batch_size)
         _check(self.eval_batch_size is None or self.eval_batch_size >= 1, "batching.eval_batch_size",
                "a positive integer or null", self.eval_batch_size)
-        _check(self.device in ("cpu", "gpu"), "batching.device", "cpu or gpu", self.device)
+        _check(self.device in ("cpu", "gpu", "auto"), "batching.device", "cpu, gpu or auto", self.device)
+        _check(self.dtype in ("float32", "bfloat16", "float16"), "batching.dtype", "float32, bfloat16 or float16",
+               self.dtype)
+        _check(self.global_batch_size is None or self.global_batch_size >= 1, "batching.global_batch_size",
+               "a positive integer or null", self.global_batch_size)
+        _check(self.prefetch_depth >= 1, "batching.prefetch_depth", "a positive number of batches",
+               self.prefetch_depth)
         _check(self.shard in ("index", "time"), "batching.shard", "index or time", self.shard)
 
 
@@ -95,6 +134,7 @@ class BatchingConfig:
 class TrainerConfig:
     max_epochs: int = 1
     lr: float = 1e-3
+    adam_eps: float = 1e-8  # Adam's epsilon (torch's default; DCRNN's published protocol uses 1e-3)
     weight_decay: float = 0.0
     lr_milestones: list[int] = field(default_factory=list)  # epochs at which lr *= lr_gamma
     lr_gamma: float = 0.1
@@ -103,9 +143,18 @@ class TrainerConfig:
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms
     bf16: bool = False  # autocast to bfloat16 on CUDA
+    tf32: bool = True  # TF32 matmuls and convolutions on GPUs that have them (Ampere and later)
+    compile: bool = False  # torch.compile the model (fewer kernel launches where steps are launch-bound)
+    lr_scaling: str = "none"  # with batching.global_batch_size: none | linear | sqrt in the global batch / 64
+    log_every_s: float = 30.0  # without a terminal: a progress line this often
+    tensorboard: bool = False  # per-epoch metrics to TensorBoard (run_dir/tensorboard) as well
+    save_predictions: bool = False  # de-normalised test predictions, targets and mask in predictions.npz
+    checkpoint_every_min: Optional[float] = None  # also a step checkpoint this often (SIGUSR1/SIGTERM always)
     resume: bool = False  # continue from the run directory's last checkpoint
     progress: bool = True  # progress bar on rank 0 (only when stderr is a terminal: batch logs stay clean)
     max_batches_per_epoch: Optional[int] = None  # cap for smoke tests and profiling
+    max_eval_batches: Optional[int] = None  # cap on each evaluation's batches (benchmarks at full scale)
+    activation_checkpointing: bool = False  # recompute each recurrent step in the backward pass: less memory
     num_threads: Optional[int] = None  # torch intra-op threads; None = this process's share of the cores
     # T-GCN's reporting: metrics pooled over output steps 1..k for each k here (e.g. [3, 6, 9, 12]), with
     # accuracy 1 - ||Y - Ŷ||_F / ||Y||_F, as results.json's val_pooled / test_pooled keyed by minutes.
@@ -114,11 +163,19 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         _check(self.max_epochs >= 1, "trainer.max_epochs", "a positive integer", self.max_epochs)
         _check(self.lr > 0, "trainer.lr", "a positive learning rate", self.lr)
+        _check(self.lr_scaling in ("none", "linear", "sqrt"), "trainer.lr_scaling", "none, linear or sqrt",
+               self.lr_scaling)
+        _check(self.log_every_s > 0, "trainer.log_every_s", "a positive number of seconds", self.log_every_s)
+        _check(self.checkpoint_every_min is None or self.checkpoint_every_min > 0, "trainer.checkpoint_every_min",
+               "a positive number of minutes or null", self.checkpoint_every_min)
+        _check(self.adam_eps > 0, "trainer.adam_eps", "a positive epsilon", self.adam_eps)
         _check(self.patience >= 1, "trainer.patience", "a positive number of epochs", self.patience)
         _check(self.clip_grad_norm >= 0, "trainer.clip_grad_norm", "0 (off) or a positive norm", self.clip_grad_norm)
         _check(0 < self.lr_gamma <= 1, "trainer.lr_gamma", "a factor in (0, 1]", self.lr_gamma)
         _check(self.max_batches_per_epoch is None or self.max_batches_per_epoch >= 1,
                "trainer.max_batches_per_epoch", "a positive integer or null", self.max_batches_per_epoch)
+        _check(self.max_eval_batches is None or self.max_eval_batches >= 1,
+               "trainer.max_eval_batches", "a positive integer or null", self.max_eval_batches)
         _check(all(k >= 1 for k in self.pooled_steps), "trainer.pooled_steps",
                "positive numbers of output steps", self.pooled_steps)
 
@@ -145,17 +202,40 @@ class LauncherConfig:
     cpu: Optional[bool] = None  # force a CPU (gloo) cluster; None = GPUs when launcher.name=slurm
     signal_delay_s: int = 120  # Slurm: signal this long before the time limit to checkpoint and requeue
     prepare_only: bool = False  # Slurm: write the run dir and config.yaml, submit nothing (train.sbatch)
+    dist_timeout_min: float = 30.0  # process-group timeout: the first rank's data load must fit in it
+    cpus_per_rank: int = 8  # GPU Slurm jobs: cores asked per rank when cpus_per_task is null
+    array_parallelism: Optional[int] = None  # Slurm sweeps (-m): one job array, this many points at once
+    # Where hostnames resolve to loopback (127.0.1.1), c10d and gloo would silently bind it:
+    local_addr: Optional[str] = None  # torchrun --local_addr: the address this node announces (local runs)
+    rdzv_conf: Optional[str] = None  # torchrun --rdzv_conf, e.g. "join_timeout=900,read_timeout=120"
+    socket_ifname: Optional[str] = None  # GLOO_/NCCL_SOCKET_IFNAME; on Slurm each node announces its address on it
 
     def __post_init__(self) -> None:
         _check(self.name in ("local", "slurm"), "launcher.name", "local or slurm", self.name)
         _check(self.gpus_per_node >= 1, "launcher.gpus_per_node", "a positive integer", self.gpus_per_node)
         _check(self.time_min >= 1, "launcher.time_min", "a positive number of minutes", self.time_min)
+        _check(self.dist_timeout_min > 0, "launcher.dist_timeout_min", "a positive number of minutes",
+               self.dist_timeout_min)
+        _check(self.cpus_per_rank >= 1, "launcher.cpus_per_rank", "a positive number of cores", self.cpus_per_rank)
         _check(self.max_restarts >= 0, "launcher.max_restarts", "0 or more", self.max_restarts)
         _check(0 <= self.rdzv_port <= 65535, "launcher.rdzv_port", "a TCP port (0: from the job id)", self.rdzv_port)
         _check(self.name != "slurm" or 1 <= self.signal_delay_s < 60 * self.time_min, "launcher.signal_delay_s",
                f"seconds before the end, less than launcher.time_min={self.time_min} minutes", self.signal_delay_s)
         _check(not self.prepare_only or self.name == "slurm", "launcher.prepare_only",
                "launcher=slurm (it prepares a run for a batch script)", self.prepare_only)
+        _check(self.array_parallelism is None or self.array_parallelism >= 1, "launcher.array_parallelism",
+               "a positive number of array tasks running at once, or null (one job per sweep point)",
+               self.array_parallelism)
+        _check(self.rdzv_conf is None or all("=" in item for item in self.rdzv_conf.split(",")),
+               "launcher.rdzv_conf", "key=value pairs separated by commas", self.rdzv_conf)
+
+
+@dataclass(kw_only=True)
+class MetricsConfig:
+    mape_threshold: float = 0.0  # MAPE only over targets with |y| above this (near-zero targets make it meaningless)
+
+    def __post_init__(self) -> None:
+        _check(self.mape_threshold >= 0, "metrics.mape_threshold", "0 or more", self.mape_threshold)
 
 
 @dataclass(kw_only=True)
@@ -165,6 +245,7 @@ class Config:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     gpus: int = 1  # ranks in total (GPUs, or CPU processes where there are none)
     run_dir: Optional[str] = None  # set from Hydra's run directory
 
@@ -173,11 +254,19 @@ class Config:
         if self.launcher.name == "slurm":
             _check(self.gpus % self.launcher.gpus_per_node == 0, "gpus",
                    f"a multiple of launcher.gpus_per_node={self.launcher.gpus_per_node}", self.gpus)
+        if self.batching.global_batch_size is not None:
+            _check(self.batching.global_batch_size % self.gpus == 0, "batching.global_batch_size",
+                   f"a multiple of gpus={self.gpus} (every rank takes the same share)",
+                   self.batching.global_batch_size)
 
 
 def register_configs() -> None:
     """Put the schema under conf/'s groups: every key exists, typed, before any override is applied."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
-    store = ConfigStore.instance()
-    store.store(name="schema", node=Config)
+    schema = OmegaConf.structured(Config)
+    # A model's hyperparameters are its constructor's to check (models/registry.build_model), so that
+    # `model.params.hidden=64` works without `+` for model=custom and pyg_recurrent, whose keys no yaml lists.
+    OmegaConf.set_struct(schema.model.params, False)
+    ConfigStore.instance().store(name="schema", node=schema)

@@ -31,18 +31,45 @@ def _read_options(cfg: DatasetConfig) -> dict:
             "cache_dir": cache_root(cfg) / "converted"}
 
 
+def _is_pgt_json(cfg: DatasetConfig) -> bool:
+    """PyTorch Geometric Temporal's JSON layouts (chickenpox, Montevideo bus): series and graph in one file."""
+    return cfg.path is not None and Path(cfg.path).suffix.lower() == ".json"
+
+
+def dataset_shape(cfg: DatasetConfig) -> tuple[int, int, int]:
+    """T, N, F of the configured series without reading its values (the planner's input)."""
+    if cfg.name == "synthetic" and cfg.path is None:
+        return cfg.num_steps, cfg.num_nodes, 1
+    if _is_pgt_json(cfg):
+        return tuple(load_dataset(cfg).values.shape)  # type: ignore[return-value]
+    from stgnn_launch.data.readers import series_shape
+
+    return series_shape(series_path(cfg), **_read_options(cfg))
+
+
 def dataset_num_steps(cfg: DatasetConfig) -> int:
     """T of the configured series, without reading its values."""
     from stgnn_launch.data.readers import series_num_steps
 
+    if _is_pgt_json(cfg):
+        return load_dataset(cfg).num_steps
     return series_num_steps(series_path(cfg), **_read_options(cfg))
 
 
-def load_dataset(cfg: DatasetConfig, time_range: tuple[int, int] | None = None) -> Series:
-    """The configured series (or only steps [first, stop) of it) with its graph attached."""
+def load_dataset(cfg: DatasetConfig, time_range: tuple[int, int] | None = None, alloc=None) -> Series:
+    """The configured series (or only steps [first, stop) of it) with its graph attached; `alloc`
+    (shape -> float32 array) is where HDF5 readers put the values (a shared-memory segment)."""
     from stgnn_launch.data.readers import load_series
 
-    series = load_series(series_path(cfg), time_range=time_range, **_read_options(cfg))
+    if _is_pgt_json(cfg):  # small files published with their graph: read whole, then cut the range
+        from stgnn_launch.data.readers.pgt_json import read_pgt_json
+
+        series = read_pgt_json(series_path(cfg))
+        if time_range is not None:
+            first, stop = time_range
+            series = replace(series, values=series.values[first:stop], timestamps=series.timestamps[first:stop])
+    else:
+        series = load_series(series_path(cfg), time_range=time_range, alloc=alloc, **_read_options(cfg))
     if cfg.adj_path:
         from stgnn_launch.data.graph import load_graph
 

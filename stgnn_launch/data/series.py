@@ -10,6 +10,9 @@ import torch
 from stgnn_launch.errors import UserError
 
 
+RESIDENT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # readers produce float32
+
+
 @dataclass
 class Series:
     """One copy of a sensor network's readings.
@@ -28,9 +31,10 @@ class Series:
     feature_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.values.ndim != 3 or self.values.dtype != torch.float32:
+        if self.values.ndim != 3 or self.values.dtype not in RESIDENT_DTYPES:
             raise UserError(
-                f"series values: expected a T x N x F float32 tensor, found shape {tuple(self.values.shape)} "
+                f"series values: expected a T x N x F float32 (or resident bfloat16/float16) tensor, found shape "
+                f"{tuple(self.values.shape)} "
                 f"dtype {self.values.dtype}"
             )
         t, n, f = self.values.shape
@@ -81,7 +85,7 @@ def regular_timestamps(start: str, freq: str, steps: int) -> np.ndarray:
     try:
         origin = np.datetime64(start, "ns")
     except ValueError as err:
-        raise UserError(f"start time: expected an ISO date like 2012-03-01T00:00, found {start!r}") from err
+        raise UserError(f"dataset.start (--start): expected an ISO date like 2012-03-01T00:00, found {start!r}") from err
     return origin + np.arange(steps, dtype=np.int64) * parse_freq(freq)
 
 
@@ -94,8 +98,8 @@ def parse_freq(freq: str) -> np.timedelta64:
     digits = "".join(ch for ch in text if ch.isdigit())
     unit = text[len(digits):]
     if not text.startswith(digits) or unit not in _UNITS:
-        raise UserError(f"step frequency: expected a count and unit like '5min', '1h', '30s', found {freq!r}")
+        raise UserError(f"dataset.freq (--freq): expected a count and unit like '5min', '1h', '30s', found {freq!r}")
     count = int(digits) if digits else 1
     if count <= 0:
-        raise UserError(f"step frequency: expected a positive step, found {freq!r}")
+        raise UserError(f"dataset.freq (--freq): expected a positive step, found {freq!r}")
     return np.timedelta64(count, _UNITS[unit]).astype("timedelta64[ns]")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,7 @@ class DistContext:
     local_world_size: int
     device: torch.device
     backend: str | None  # None when not distributed
+    control: object = None  # a gloo group for small host-side votes (stop, checkpoint) that never touch the GPU
 
     @property
     def is_main(self) -> bool:
@@ -29,6 +31,11 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.backend is not None
+
+    @property
+    def collective_device(self) -> torch.device:
+        """Tensors handed to a collective live here: the GPU under NCCL, the host under gloo."""
+        return self.device if self.backend == "nccl" else torch.device("cpu")
 
     @property
     def node_rank(self) -> int:
@@ -44,45 +51,74 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def init_distributed(use_cuda: bool | None = None) -> DistContext:
-    """One device per local rank: CUDA with nccl where there are GPUs, else the CPU with gloo."""
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
-    if cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-        # Each CPU rank gets its share of the cores, so that ranks do not oversubscribe the node.
-        torch.set_num_threads(max(1, usable_cores() // max(1, local_world)))
-    backend = None
-    if world > 1:
-        backend = "nccl" if cuda else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(backend=backend, store=_attempt_store(rank, world), rank=rank,
-                                    world_size=world, device_id=device if cuda else None)
-    return DistContext(rank, local_rank, world, local_world, device, backend)
+@dataclass(frozen=True)
+class RankEnv:
+    """Where this process stands, from the torchrun environment (one process without it)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+
+    @classmethod
+    def from_environ(cls) -> "RankEnv":
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        return cls(rank=int(os.environ.get("RANK", 0)), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+                   world_size=world, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+
+
+def init_distributed(env: RankEnv, device: torch.device, backend: str | None,
+                     timeout_s: float = 1800.0) -> DistContext:
+    """Join the process group (when there is more than one rank) on this rank's device.
+
+    The timeout covers the longest wait between ranks: the node's first rank loading a large series into
+    shared memory while the others wait at a barrier, on a slow file system."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if backend is not None and not dist.is_initialized():
+        dist.init_process_group(backend=backend, store=_attempt_store(env.rank, env.world_size), rank=env.rank,
+                                world_size=env.world_size, timeout=timedelta(seconds=timeout_s),
+                                device_id=device if device.type == "cuda" else None)
+    control = None
+    if backend is not None:  # under NCCL, votes on host flags would otherwise need a GPU round trip
+        control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s)) if backend == "nccl" \
+            else dist.group.WORLD
+    return DistContext(env.rank, env.local_rank, env.world_size, env.local_world_size, device, backend, control)
 
 
 def _attempt_store(rank: int, world: int) -> dist.Store:
     """The torchrun store under a prefix of this restart attempt.
 
     torchrun keeps one store across --max-restarts; without a fresh prefix, restarted ranks can read
-    the dead ranks' addresses and fail to connect ("Connection refused").
+    the dead ranks' addresses and fail to connect ("Connection refused"). The attempt is counted in the
+    store, per rank: every round starts each rank once on every node. TORCHELASTIC_RESTART_COUNT is the
+    node's own count, and a node restarted by another's failure (a membership change) does not count it,
+    so ranks on two nodes would wait under different prefixes until the process-group timeout.
     """
     store, _, _ = next(dist.rendezvous("env://", rank, world))
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    attempt = store.add(f"stgnn/starts/rank_{rank}", 1)
     return dist.PrefixStore(f"stgnn/attempt_{attempt}", store)
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Sum a tensor over all ranks (in place and returned); identity for one process."""
-    if ctx.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    """Sum a tensor over all ranks; identity for one process. The sum is computed on the backend's device
+    and returned on the tensor's own device (in place when that is the backend's device)."""
+    if not ctx.distributed:
+        return tensor
+    staged = tensor.to(ctx.collective_device)
+    dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+    if staged is not tensor:
+        tensor.copy_(staged)
     return tensor
+
+
+def vote_any(flags: list[bool], ctx: DistContext) -> list[bool]:
+    """For each flag: did any rank raise it? One small host-side all-reduce on the control group."""
+    if not ctx.distributed:
+        return list(flags)
+    tensor = torch.tensor([1.0 if f else 0.0 for f in flags])
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=ctx.control)
+    return [bool(v > 0) for v in tensor.tolist()]
 
 
 def barrier(ctx: DistContext) -> None:

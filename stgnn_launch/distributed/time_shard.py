@@ -11,14 +11,16 @@ blocks partition them) and the sums are all-reduced, so every rank normalizes id
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from stgnn_launch.config.schema import Config
+from stgnn_launch.config.schema import DatasetConfig
 from stgnn_launch.data.datasets import dataset_num_steps, load_dataset
-from stgnn_launch.data.prepare import (SPLITS, Prepared, fill_missing, scaler_from_sums, scaler_sums,
-                                       steps_per_day, time_covariates, window_starts)
+from stgnn_launch.data.prepare import (SPLITS, Prepared, PrepareSpec, fill_missing, input_ranges, prepare,
+                                       scaler_from_sums, scaler_sums)
+from stgnn_launch.data.prepare.split import clip_ranges
 from stgnn_launch.data.series import Series
 from stgnn_launch.distributed.context import DistContext, all_reduce_sum
 from stgnn_launch.errors import UserError
@@ -53,39 +55,45 @@ def to_local(global_starts: np.ndarray, ranges: list[tuple[int, int]]) -> np.nda
     return global_starts - lows[which] + offsets[which]
 
 
-def owned_training_steps(starts: np.ndarray, rank: int, world: int, window: int) -> tuple[int, int]:
-    """The training steps whose readings this rank contributes to the scaler: the blocks partition
-    [0, last training start + W), the training inputs' range."""
+def owned_scaler_ranges(starts: np.ndarray, rank: int, world: int, window: int) -> list[tuple[int, int]]:
+    """The training-input steps this rank contributes to the scaler: the steps of every training input
+    (`input_ranges`) from this rank's first training start to the next rank's. The ranks' pieces partition
+    exactly the steps the unsharded scaler sums over, and each lies inside what this rank loaded."""
     blocks = np.array_split(starts, world)
-    first = int(blocks[rank][0])
-    stop = int(blocks[rank + 1][0]) if rank + 1 < world else int(starts[-1]) + window
-    return first, stop
+    lo = int(blocks[rank][0])
+    hi = int(blocks[rank + 1][0]) if rank + 1 < world else int(starts[-1]) + window
+    return clip_ranges(input_ranges(blocks[rank], window), lo, hi)
 
 
-def load_time_shard(cfg: Config, ctx: DistContext) -> tuple[Prepared, Series, int]:
+def local_ranges(ranges: list[tuple[int, int]], loaded: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Global step ranges (inside the loaded ones) -> ranges of local indices."""
+    out = []
+    for lo, hi in ranges:
+        first = int(to_local(np.array([lo]), loaded)[0])
+        out.append((first, first + hi - lo))
+    return out
+
+
+def load_time_shard(dataset: DatasetConfig, prep: PrepareSpec, ctx: DistContext, batch_size: int,
+                    dtype: torch.dtype = torch.float32) -> tuple[Prepared, Series, int, int]:
     """This rank's Prepared (local steps and starts, global scaler), a Series of its steps (for the graph
-    and facts) and the number of training batches every rank takes per epoch."""
-    b, d = cfg.batching, cfg.dataset
-    total = dataset_num_steps(d)
-    starts = window_starts(total, window=b.window, horizon=b.horizon, stride=b.stride, train_ratio=d.train_ratio,
-                           test_ratio=d.test_ratio, split=d.split, val_ratio_of_train=d.val_ratio_of_train)
+    and facts), the number of training batches every rank takes per epoch, and the readings filled."""
+    total = dataset_num_steps(dataset)
+    starts = prep.starts(total)
     blocks = rank_blocks(starts, ctx.rank, ctx.world_size)
-    ranges = merged_ranges(blocks, b.window + b.horizon)
-    pieces = [load_dataset(d, time_range=r) for r in ranges]
+    ranges = merged_ranges(blocks, prep.window + prep.horizon)
+    pieces = [load_dataset(dataset, time_range=r) for r in ranges]
     series = pieces[0] if len(pieces) == 1 else Series(
         torch.cat([p.values for p in pieces]), np.concatenate([p.timestamps for p in pieces]),
         pieces[0].sensor_ids, pieces[0].adjacency, pieces[0].feature_names)
     del pieces
-    fill_missing(series.values, d.null_value)
-    first, stop = owned_training_steps(starts["train"], ctx.rank, ctx.world_size, b.window)
-    lo, hi = to_local(np.array([first, stop - 1]), ranges)
-    sums = all_reduce_sum(scaler_sums(series.values, int(lo), int(hi) + 1, d.null_value), ctx)
-    prepared = Prepared(
-        values=series.values, covariates=time_covariates(series.timestamps, d.day_of_week),
-        scaler=scaler_from_sums(sums), starts={split: to_local(block, ranges) for split, block in blocks.items()},
-        window=b.window, horizon=b.horizon, out_features=1, null_value=d.null_value,
-        steps_per_day=steps_per_day(series.step),
-    )
+    filled = fill_missing(series.values, prep.null_value)
+    if dtype != series.values.dtype:  # the resident precision, before the scaler sees the values
+        series = replace(series, values=series.values.to(dtype))
+    owned = local_ranges(owned_scaler_ranges(starts["train"], ctx.rank, ctx.world_size, prep.window), ranges)
+    sums = all_reduce_sum(scaler_sums(series.values, owned, prep.null_value), ctx)
+    local_starts = {split: to_local(block, ranges) for split, block in blocks.items()}
+    prepared = prepare(series, prep, starts=local_starts, scaler=scaler_from_sums(sums))
     # Every rank must take the same number of DDP steps: the smallest block sets it.
     smallest = min(len(block) for block in np.array_split(starts["train"], ctx.world_size))
-    return prepared, series, math.ceil(smallest / b.batch_size)
+    return prepared, series, math.ceil(smallest / batch_size), filled

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -10,7 +14,9 @@ import torch
 from stgnn_launch.config.schema import Config
 from stgnn_launch.distributed.context import usable_cores
 from stgnn_launch.errors import UserError
-from stgnn_launch.launch.torchrun import build_torchrun_cmd
+from stgnn_launch.launch.torchrun import build_torchrun_cmd, socket_env
+
+SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
 
 
 def node_capacity(cpu_only: bool) -> tuple[int, str]:
@@ -20,12 +26,25 @@ def node_capacity(cpu_only: bool) -> tuple[int, str]:
     return usable_cores(), "CPU cores (no GPU, so ranks are CPU processes on gloo)"
 
 
+def interface_address(ifname: str) -> str:
+    """This node's IPv4 address on network interface `ifname` (asked of the kernel; nothing is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            answer = fcntl.ioctl(sock.fileno(), SIOCGIFADDR, struct.pack("256s", ifname.encode()[:15]))
+        except OSError as err:
+            raise UserError(f"launcher.socket_ifname: expected a network interface with an IPv4 address on "
+                            f"{socket.gethostname()}, found {ifname!r} ({err.strerror})") from None
+    return socket.inet_ntoa(answer[20:24])
+
+
 def run_torchrun_locally(cfg: Config, run_dir: Path, worker_args: tuple[str, ...] = ()) -> int:
     """torchrun --standalone with `cfg.gpus` ranks, each running the worker on `run_dir`."""
     capacity, what = node_capacity(bool(cfg.launcher.cpu))
     if cfg.gpus > capacity:
         raise UserError(f"gpus: expected at most {capacity} on this node ({capacity} {what}), found {cfg.gpus}")
+    launcher = cfg.launcher
     cmd = build_torchrun_cmd(nnodes=1, nproc_per_node=cfg.gpus, run_dir=run_dir, standalone=True,
-                             max_restarts=cfg.launcher.max_restarts, worker_args=worker_args)
+                             max_restarts=launcher.max_restarts, local_addr=launcher.local_addr,
+                             rdzv_conf=launcher.rdzv_conf, worker_args=worker_args)
     print(f"starting {cfg.gpus} ranks: {' '.join(cmd)}", flush=True)
-    return subprocess.run(cmd, check=False).returncode
+    return subprocess.run(cmd, check=False, env={**os.environ, **socket_env(launcher.socket_ifname)}).returncode

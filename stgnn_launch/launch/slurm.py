@@ -7,10 +7,10 @@ one core per rank unless launcher.cpus_per_task says otherwise.
 
 Time limits and preemption: the job asks Slurm for a signal (submitit's USR2) launcher.signal_delay_s
 seconds before its end. submitit catches it in the node task's Python process and calls `checkpoint()`,
-which resubmits the same job; submitit then runs `scontrol requeue`. The requeued job runs every rank
-with STGNN_RESUME=1, so they continue from the run directory's last epoch checkpoint. torchrun and the
-ranks ignore that signal (they are stopped by Slurm's requeue): the rank processes never die half-way
-through writing a checkpoint because of it, and checkpoints are written atomically anyway.
+which sends SIGUSR1 to the node's ranks: at the next step boundary they vote, rank 0 writes a step
+checkpoint (position in the epoch, every rank's random state) and they exit; then the same job is
+resubmitted and submitit runs `scontrol requeue`. The requeued job runs every rank with STGNN_RESUME=1,
+so they continue from that step. torchrun and the ranks ignore USR2 itself: only this process acts on it.
 
 `launcher.prepare_only=true` writes the run directory and its config.yaml and submits nothing: that is
 how scripts/slurm/train.sbatch prepares a run before it starts torchrun on every node itself.
@@ -29,7 +29,7 @@ from typing import Any
 
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
-from stgnn_launch.launch.torchrun import build_torchrun_cmd
+from stgnn_launch.launch.torchrun import build_torchrun_cmd, socket_env
 from stgnn_launch.train.record import RESULTS
 
 RESUME_ENV = "STGNN_RESUME"
@@ -53,28 +53,36 @@ def rdzv_port(configured: int, job_id: str | int) -> int:
 class TorchrunJob:
     """What each node's Slurm task runs (pickled by submitit): torchrun over this node's ranks."""
 
-    def __init__(self, run_dir: str, nproc_per_node: int, rdzv_port: int, max_restarts: int) -> None:
+    def __init__(self, run_dir: str, nproc_per_node: int, rdzv_port: int, max_restarts: int, *,
+                 local_addr: str | None = None, rdzv_conf: str | None = None,
+                 socket_ifname: str | None = None) -> None:
         self.run_dir = run_dir
         self.nproc_per_node = nproc_per_node
         self.rdzv_port = rdzv_port  # 0: derived from the job id
         self.max_restarts = max_restarts
+        self.local_addr, self.rdzv_conf, self.socket_ifname = local_addr, rdzv_conf, socket_ifname
         self.requeued = False
 
-    def command(self, nnodes: int, head: str, job_id: str) -> list[str]:
+    def command(self, nnodes: int, head: str, job_id: str, local_addr: str | None = None) -> list[str]:
         if self.rdzv_port or job_id.isdigit():
             endpoint = f"{head}:{rdzv_port(self.rdzv_port, job_id)}"
         else:  # the dry run, before there is a job id
             endpoint = f"{head}:$((15000+SLURM_JOB_ID%10000))"
         return build_torchrun_cmd(nnodes=nnodes, nproc_per_node=self.nproc_per_node, run_dir=self.run_dir,
-                                  rdzv_endpoint=endpoint, rdzv_id=job_id, max_restarts=self.max_restarts)
+                                  rdzv_endpoint=endpoint, rdzv_id=job_id, max_restarts=self.max_restarts,
+                                  local_addr=local_addr or self.local_addr, rdzv_conf=self.rdzv_conf)
 
     def __call__(self) -> dict[str, Any]:
         import submitit
 
+        from stgnn_launch.launch.local import interface_address
+
         env = submitit.JobEnvironment()
         job_id = os.environ.get("SLURM_JOB_ID", str(env.job_id))  # unique, also for an array task
-        cmd = self.command(env.num_nodes, env.hostnames[0], job_id)
-        child_env = dict(os.environ)
+        # This node's own address on launcher.socket_ifname, where hostnames may resolve to loopback.
+        local_addr = interface_address(self.socket_ifname) if self.socket_ifname else None
+        cmd = self.command(env.num_nodes, env.hostnames[0], job_id, local_addr)
+        child_env = {**os.environ, **socket_env(self.socket_ifname)}
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         if self.requeued or restarts > 0:
             child_env[RESUME_ENV] = "1"
@@ -89,9 +97,11 @@ class TorchrunJob:
         return {"run_dir": self.run_dir, "results": str(results) if results.is_file() else None}
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        """Time limit or preemption: requeue; the ranks resume from the last epoch checkpoint."""
+        """Time limit or preemption: the ranks write a step checkpoint, then the job requeues and resumes
+        from that step (see train/preemption.py)."""
         import submitit
 
+        stop_ranks_at_step_boundary()
         self.requeued = True
         return submitit.helpers.DelayedSubmission(self)
 
@@ -100,6 +110,27 @@ def _preemption_signal() -> signal.Signals:
     from submitit.slurm.slurm import SlurmJobEnvironment
 
     return getattr(signal, "SIG" + SlurmJobEnvironment.USR_SIG)
+
+
+_RUNNING: dict[str, subprocess.Popen] = {}  # this node task's torchrun (not pickled with the job)
+STOP_GRACE_S = 60.0  # how long the ranks may take to reach a step boundary and write the step checkpoint
+
+
+def stop_ranks_at_step_boundary(grace_s: float = STOP_GRACE_S) -> None:
+    """SIGUSR1 to this node's ranks: they vote at the next step boundary (one signalled rank stops them
+    all), rank 0 writes a step checkpoint, and they exit; wait for torchrun to end, at most `grace_s`."""
+    proc = _RUNNING.get("torchrun")
+    if proc is None or proc.poll() is not None:
+        return
+    for pid in _descendants(proc.pid):
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except OSError:
+            pass
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        print(f"ranks did not stop within {grace_s:.0f}s; the job resumes from the last checkpoint", flush=True)
 
 
 def run_torchrun(cmd: list[str], env: dict[str, str], ignore: signal.Signals | None = None) -> int:
@@ -115,6 +146,7 @@ def run_torchrun(cmd: list[str], env: dict[str, str], ignore: signal.Signals | N
             signal.signal(ignore, signal.SIG_IGN)
 
     proc = subprocess.Popen(cmd, env=env, preexec_fn=child_setup)
+    _RUNNING["torchrun"] = proc
     try:
         return proc.wait()
     finally:
@@ -160,12 +192,14 @@ def _descendants(pid: int) -> dict[int, str]:
 
 
 def cpus_per_task(cfg: Config) -> int | None:
-    """Cores for each node's task: launcher.cpus_per_task, or one per rank on a CPU cluster (Slurm would
-    otherwise give the single task one core for all its ranks); None leaves it to the site on GPUs."""
+    """Cores for each node's task: launcher.cpus_per_task, or else one per rank on a CPU cluster and
+    launcher.cpus_per_rank per GPU (Slurm would otherwise give the single task one core for all its ranks)."""
     launcher = cfg.launcher
     if launcher.cpus_per_task is not None:
         return launcher.cpus_per_task
-    return launcher.gpus_per_node if launcher.cpu else None
+    # One core per gloo rank on CPU nodes; on GPU nodes cpus_per_rank each (the ranks' threads are then the
+    # node's cores / GPUs per node, see plan.py), so batch assembly does not run on one core.
+    return launcher.gpus_per_node * (1 if launcher.cpu else launcher.cpus_per_rank)
 
 
 def slurm_parameters(cfg: Config) -> dict[str, Any]:
@@ -193,18 +227,24 @@ def slurm_parameters(cfg: Config) -> dict[str, Any]:
 
 
 def job_for(cfg: Config, run_dir: Path) -> TorchrunJob:
-    return TorchrunJob(str(run_dir.resolve()), cfg.launcher.gpus_per_node, cfg.launcher.rdzv_port,
-                       cfg.launcher.max_restarts)
+    launcher = cfg.launcher
+    return TorchrunJob(str(run_dir.resolve()), launcher.gpus_per_node, launcher.rdzv_port, launcher.max_restarts,
+                       local_addr=launcher.local_addr, rdzv_conf=launcher.rdzv_conf,
+                       socket_ifname=launcher.socket_ifname)
+
+
+def batch_script(params: dict[str, Any], folder: Path) -> str:
+    """The batch script submitit submits with these parameters and log folder (`folder` holds %j)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    return _make_sbatch_string(command=f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {folder}",
+                               folder=str(folder), **params)
 
 
 def dry_run(cfg: Config, run_dir: Path) -> int:
     """Print the batch script submitit would submit and the torchrun line each node runs."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
     params = slurm_parameters(cfg)
-    folder = str(run_dir.resolve() / "slurm" / "%j")  # as submit() hands it to submitit
-    script = _make_sbatch_string(command=f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {folder}",
-                                 folder=folder, **params)
+    script = batch_script(params, run_dir.resolve() / "slurm" / "%j")  # as submit() hands it to submitit
     torchrun = job_for(cfg, run_dir).command(params["nodes"], "$FIRST_NODE", "$SLURM_JOB_ID")
     print(f"dry run: {params['nodes']} nodes x {cfg.launcher.gpus_per_node} ranks = {cfg.gpus} ranks; "
           "nothing submitted")
@@ -215,24 +255,52 @@ def dry_run(cfg: Config, run_dir: Path) -> int:
     return 0
 
 
+def submit_jobs(folder: Path, params: dict[str, Any], jobs: list[TorchrunJob]) -> list:
+    """Submit one Slurm job, or one job array of len(jobs) tasks (params' array_parallelism running at
+    once); submitit writes the logs under `folder` (which holds %j). Returns submitit's jobs."""
+    import submitit
+
+    try:
+        executor = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=MAX_TIMEOUT_REQUEUES)
+    except RuntimeError as err:
+        raise UserError(f"launcher=slurm: expected a Slurm cluster (srun on PATH), found none ({err})") from None
+    executor.update_parameters(**params)
+    try:
+        return executor.submit_array(jobs) if len(jobs) > 1 else [executor.submit(jobs[0])]
+    except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError) as err:  # sbatch said no
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        raise UserError(f"launcher=slurm: sbatch refused the job: {lines[-1] if lines else err}") from None
+
+
+def check_partition_has_gpus(cfg: Config) -> None:
+    """A GPU request on nodes without GPUs is refused by sbatch as "Invalid generic resource (gres)
+    specification"; ask sinfo first and name the key to set. Silent where sinfo cannot tell."""
+    if cfg.launcher.cpu:
+        return
+    partition = cfg.launcher.partition
+    cmd = ["sinfo", "-h", "-o", "%P %G"] + (["-p", partition] if partition else [])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # no sinfo, or a slow controller: sbatch decides
+    rows = [line.split(None, 1) for line in proc.stdout.splitlines() if line.strip()]
+    # without launcher.partition the job goes to the default partition, which sinfo marks with '*'
+    gres = [row[1] if len(row) > 1 else "" for row in rows if partition or row[0].endswith("*")]
+    if proc.returncode != 0 or not gres or any("gpu" in g for g in gres):
+        return
+    where = f"partition {partition}" if partition else "the default partition"
+    raise UserError(f"launcher.cpu: expected true on {where}, whose nodes have no GPUs (sinfo gres: "
+                    f"{', '.join(sorted(set(gres)))}), found {cfg.launcher.cpu!r}: set launcher.cpu=true for gloo "
+                    f"ranks on CPU nodes, or launcher.partition=<a GPU partition>")
+
+
 def submit(cfg: Config, run_dir: Path) -> int:
     """Submit the run (its config.yaml is written already), print where it goes, follow it if asked."""
     if cfg.launcher.prepare_only:
         print(f"prepared run directory {run_dir.resolve()} (config.yaml); nothing submitted", flush=True)
         return 0
-    import submitit
-
-    try:
-        executor = submitit.SlurmExecutor(folder=str(run_dir.resolve() / "slurm" / "%j"),
-                                          max_num_timeout=MAX_TIMEOUT_REQUEUES)
-    except RuntimeError as err:
-        raise UserError(f"launcher=slurm: expected a Slurm cluster (srun on PATH), found none ({err})") from None
-    executor.update_parameters(**slurm_parameters(cfg))
-    try:
-        job = executor.submit(job_for(cfg, run_dir))
-    except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError) as err:  # sbatch said no
-        lines = [line for line in str(err).splitlines() if line.strip()]
-        raise UserError(f"launcher=slurm: sbatch refused the job: {lines[-1] if lines else err}") from None
+    check_partition_has_gpus(cfg)
+    [job] = submit_jobs(run_dir.resolve() / "slurm" / "%j", slurm_parameters(cfg), [job_for(cfg, run_dir)])
     first = job.task(0)
     nodes = cfg.gpus // cfg.launcher.gpus_per_node
     print(f"submitted Slurm job {job.job_id}: {nodes} nodes x {cfg.launcher.gpus_per_node} ranks", flush=True)
@@ -268,50 +336,78 @@ def _state(job) -> tuple[str, int]:
     return state, int(restarts) if restarts.isdigit() else 0
 
 
-def follow(job, run_dir: Path, poll_s: float = 2.0) -> int:
-    """Wait for the job (requeues included), print its state changes and its result.
+class JobWatch:
+    """One job as `follow` sees it: prints its state changes and requeues, and notices when Slurm ended it
+    (cancelled, out of time) so that it will never write a result.
 
     submitit learns states from sacct; where the cluster has no accounting, slurmctld's own view
-    (scontrol) tells when a job that Slurm ended (cancelled, out of time) will never write a result.
+    (scontrol) tells when a job that Slurm ended will never write a result.
     """
-    last_state, last_check, ended_at, requeues = None, 0.0, None, 0
-    gave_up = False
+
+    def __init__(self, job, label: str = "") -> None:
+        self.job = job
+        self.name = f"Slurm job {job.job_id}{label}"
+        self.state: str | None = None
+        self.requeues = 0
+        self.ended_at: float | None = None
+        self.gave_up = False  # ended, and still no result after a while: it will not come
+
+    def poll(self, now: float) -> None:
+        state, restarts = _state(self.job)
+        if restarts > self.requeues:
+            self.requeues = restarts
+            print(f"{self.name}: requeued (time limit or preemption; restart {restarts}); "
+                  "the ranks resume from the last checkpoint", flush=True)
+        if state != self.state:
+            print(f"{self.name}: {state}", flush=True)
+            self.state = state
+        if state.split()[0].rstrip("+") in FINAL_STATES:
+            self.ended_at = self.ended_at or now
+            self.gave_up = now - self.ended_at > 3 * STATE_POLL_S
+        else:
+            self.ended_at = None
+
+    def over(self) -> bool:
+        return self.gave_up or self.job.done()
+
+    def failure(self) -> str | None:
+        """None once the job succeeded, else why not (one line, after "Slurm job ID")."""
+        if self.gave_up:
+            return f"ended in state {self.state} without a result (Slurm stopped it)"
+        try:
+            self.job.results() if self.job.num_tasks > 1 else self.job.result()
+        except Exception as err:  # the job's own traceback is in its log
+            text = str(err).strip()
+            return (f"ended in state {self.state or self.job.state} without success: "
+                    f"{text.splitlines()[-1] if text else type(err).__name__}")
+        return None
+
+
+def watch_until_over(watches: list[JobWatch], poll_s: float = 2.0) -> None:
+    """Block until every job has ended (requeues included), asking Slurm every STATE_POLL_S."""
+    last_check = 0.0
+    while not all(watch.over() for watch in watches):
+        now = time.monotonic()
+        if now - last_check >= STATE_POLL_S:
+            last_check = now
+            for watch in watches:
+                if not watch.over():
+                    watch.poll(now)
+        time.sleep(poll_s)
+
+
+def follow(job, run_dir: Path, poll_s: float = 2.0) -> int:
+    """Wait for the job (requeues included), print its state changes and its result."""
+    watch = JobWatch(job)
     try:
-        while not job.done():
-            now = time.monotonic()
-            if now - last_check >= STATE_POLL_S:
-                last_check = now
-                state, restarts = _state(job)
-                if restarts > requeues:
-                    requeues = restarts
-                    print(f"Slurm job {job.job_id}: requeued (time limit or preemption; restart {restarts}); "
-                          "the ranks resume from the last checkpoint", flush=True)
-                if state != last_state:
-                    print(f"Slurm job {job.job_id}: {state}", flush=True)
-                    last_state = state
-                if state.split()[0].rstrip("+") in FINAL_STATES:
-                    ended_at = ended_at or now
-                    if now - ended_at > 3 * STATE_POLL_S:  # ended, and still no result: it will not come
-                        gave_up = True
-                        break
-                else:
-                    ended_at = None
-            time.sleep(poll_s)
+        watch_until_over([watch], poll_s)
     except KeyboardInterrupt:
         print(f"\nstopped following; Slurm job {job.job_id} goes on (scancel {job.job_id} stops it)")
         return 130
-    stdout, stderr = job.task(0).paths.stdout, job.task(0).paths.stderr
-    if gave_up:
-        print(f"Slurm job {job.job_id} ended in state {last_state} without a result (Slurm stopped it)")
-        print(f"  logs: {stdout}\n        {stderr}")
-        return 1
-    try:
-        job.results() if job.num_tasks > 1 else job.result()
-    except Exception as err:  # the job's own traceback is in its log
-        text = str(err).strip()
-        print(f"Slurm job {job.job_id} ended in state {last_state or job.state} without success: "
-              f"{text.splitlines()[-1] if text else type(err).__name__}")
-        print(f"  logs: {stdout}\n        {stderr}")
+    why = watch.failure()
+    if why:
+        print(f"Slurm job {job.job_id} {why}")
+        print(f"  logs: {job.task(0).paths.stdout}\n        {job.task(0).paths.stderr}")
         return 1
     results = run_dir / RESULTS
     print(f"Slurm job {job.job_id} finished; results: {results}", flush=True)

@@ -45,6 +45,7 @@ class HistoricalAverage(nn.Module):
     """
 
     trainable = False
+    needs_slots = True  # a table per time-of-day slot: the step must divide a day
     _chunk = 8192  # training steps per accumulation pass: bounded memory on year-long series
 
     def __init__(self, spec: ModelSpec):

@@ -12,17 +12,17 @@ from collections.abc import Sequence
 
 import torch
 
+from stgnn_launch.data.prepare.missing import observed
+
 REPORTED_STEPS = (3, 6, 12)  # 15, 30 and 60 minutes at 5-minute steps
 
 
-def observed_mask(y: torch.Tensor, null_value: float) -> torch.Tensor:
-    mask = ~torch.isnan(y)
-    if not math.isnan(null_value):
-        mask &= y != null_value
-    return mask
+def observed_mask(y: torch.Tensor, null_value: float | None) -> torch.Tensor:
+    """True where a target is a real reading (the one rule lives in data/prepare/missing.py)."""
+    return observed(y, null_value)
 
 
-def masked_mae_loss(pred: torch.Tensor, y: torch.Tensor, null_value: float) -> torch.Tensor:
+def masked_mae_loss(pred: torch.Tensor, y: torch.Tensor, null_value: float | None) -> torch.Tensor:
     """Training loss: masked MAE on de-normalized values; 0 for a batch with nothing observed."""
     mask = observed_mask(y, null_value)
     err = torch.where(mask, (pred - y).abs(), torch.zeros((), dtype=pred.dtype, device=pred.device))
@@ -30,24 +30,29 @@ def masked_mae_loss(pred: torch.Tensor, y: torch.Tensor, null_value: float) -> t
 
 
 class MetricSums:
-    """Per horizon step: sum |e|, sum e^2, sum |e / y|, the count of observed targets and sum y^2 of
-    the observed targets (float64; the last for T-GCN's accuracy)."""
+    """Per horizon step: sum |e|, sum e^2, sum |e / y|, the count of observed targets, sum y^2 of the
+    observed targets (T-GCN's accuracy) and the count of targets MAPE covers (float64).
 
-    def __init__(self, horizon: int, device: torch.device) -> None:
-        self.sums = torch.zeros(5, horizon, dtype=torch.float64, device=device)
+    MAPE covers the observed targets with |y| > mape_threshold: DCRNN's MAPE masks only missing values,
+    which is the threshold 0 for speeds; near-zero counts (bus inflow) would make it meaningless."""
 
-    def update(self, pred: torch.Tensor, y: torch.Tensor, null_value: float) -> None:
+    def __init__(self, horizon: int, device: torch.device, mape_threshold: float = 0.0) -> None:
+        self.sums = torch.zeros(6, horizon, dtype=torch.float64, device=device)
+        self.mape_threshold = mape_threshold
+
+    def update(self, pred: torch.Tensor, y: torch.Tensor, null_value: float | None) -> None:
         """pred, y: B x H x N x F de-normalized."""
         pred = pred.to(torch.float64)
         y = y.to(torch.float64)
         mask = observed_mask(y, null_value)
         zero = torch.zeros((), dtype=torch.float64, device=y.device)
         err = torch.where(mask, pred - y, zero)
-        pct = torch.where(mask, err.abs() / torch.where(mask, y.abs(), 1.0), zero)
+        in_mape = mask & (y.abs() > self.mape_threshold)
+        pct = torch.where(in_mape, err.abs() / torch.where(in_mape, y.abs(), 1.0), zero)
         dims = (0, 2, 3)
         y_obs = torch.where(mask, y, zero)
         stacked = torch.stack([err.abs().sum(dims), (err * err).sum(dims), pct.sum(dims), mask.sum(dims),
-                               (y_obs * y_obs).sum(dims)])
+                               (y_obs * y_obs).sum(dims), in_mape.sum(dims)])
         self.sums += stacked.to(self.sums.device)
 
     def result(self) -> dict[str, dict[str, float]]:
@@ -79,7 +84,8 @@ class MetricSums:
 
 def _finish(column: torch.Tensor) -> dict[str, float]:
     abs_sum, sq_sum, pct_sum, count = (float(v) for v in column[:4])
+    mape_count = float(column[5])
+    mape = pct_sum / mape_count if mape_count else float("nan")
     if count == 0:
         return {"mae": float("nan"), "rmse": float("nan"), "mape": float("nan"), "count": 0}
-    return {"mae": abs_sum / count, "rmse": math.sqrt(sq_sum / count), "mape": pct_sum / count,
-            "count": int(count)}
+    return {"mae": abs_sum / count, "rmse": math.sqrt(sq_sum / count), "mape": mape, "count": int(count)}

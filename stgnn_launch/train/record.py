@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from stgnn_launch.atomic_write import replacing
 
 RESULTS = "results.json"
+FAILED = "failed.json"  # a run that stopped with an error: its message, for the user and for reports
 
 
 def peak_rss_bytes() -> int:
@@ -28,9 +33,28 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def strict_json(value: Any) -> Any:
+    """JSON as the standard has it: NaN and infinities become null, durations seconds, tuples lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return strict_json(value.item())
+    if isinstance(value, np.timedelta64):
+        return float(value / np.timedelta64(1, "s"))
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return str(value)
+
+
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     with replacing(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        tmp.write_text(json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:

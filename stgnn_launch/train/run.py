@@ -1,129 +1,275 @@
-"""One rank's whole run: data -> split and scaler -> windows -> model -> train -> test -> results.json."""
+"""One rank's whole run: plan -> data -> split and scaler -> windows -> model -> train -> test -> record.
+
+The plan (stgnn_launch/plan.py) is decided once, here, and every step below only reads it.
+"""
 
 from __future__ import annotations
 
 import socket
 import time
-from dataclasses import asdict
+import traceback
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from stgnn_launch.config.schema import Config
-from stgnn_launch.data.batching import Batcher, build_source, place_series
-from stgnn_launch.data.datasets import load_dataset
-from stgnn_launch.data.prepare import Prepared, prepare
+from stgnn_launch.data.batching import Batcher, WindowSource, build_source
+from stgnn_launch.data.datasets import dataset_shape, load_dataset
+from stgnn_launch.data.prepare import Prepared, fill_missing, input_ranges, prepare, scaler_from_sums
+from stgnn_launch.data.prepare.checks import sensor_warnings
 from stgnn_launch.data.series import Series
-from stgnn_launch.distributed.context import DistContext, init_distributed, shutdown
+from stgnn_launch.data.summary import format_step
+from stgnn_launch.distributed.context import DistContext, RankEnv, init_distributed, shutdown
+from stgnn_launch.errors import UserError
+from stgnn_launch.models.checkpointing import enable_activation_checkpointing
+from stgnn_launch.models.registry import ModelSpec, build_model, model_class
+from stgnn_launch.plan import Machine, Plan, apply_threads, make_plan
 from stgnn_launch.train.metrics import MetricSums
-from stgnn_launch.train.record import RESULTS, git_sha, peak_rss_bytes, write_json_atomic
-from stgnn_launch.train.trainer import Trainer, make_model
+from stgnn_launch.train.preemption import Preempted
+from stgnn_launch.train.record import FAILED, RESULTS, git_sha, peak_rss_bytes, write_json_atomic
+from stgnn_launch.train.runlog import RunLog, startup_block
+from stgnn_launch.train.trainer import Trainer, fit_baseline, seed_everything
 
 
-def load_series_for_rank(cfg: Config, ctx: DistContext) -> Series:
-    """dist_index on several ranks shares one copy per node; everything else reads its own."""
-    if cfg.batching.mode == "dist_index" and ctx.local_world_size > 1:
-        from stgnn_launch.distributed.shared_series import load_node_shared
+@dataclass
+class Pipeline:
+    """Everything a Trainer needs, built in the order of the data path."""
 
-        return load_node_shared(cfg, ctx)
-    return load_dataset(cfg.dataset)
-
-
-def prepare_for(cfg: Config, series: Series) -> Prepared:
-    b, d = cfg.batching, cfg.dataset
-    return prepare(series, window=b.window, horizon=b.horizon, stride=b.stride, train_ratio=d.train_ratio,
-                   test_ratio=d.test_ratio, null_value=d.null_value, day_of_week=d.day_of_week,
-                   split=d.split, val_ratio_of_train=d.val_ratio_of_train)
+    prepared: Prepared
+    source: WindowSource
+    batcher: Batcher
+    model: nn.Module
+    baselines: dict[str, nn.Module]
+    facts: dict[str, Any]
 
 
-def build_pipeline(cfg: Config, ctx: DistContext) -> tuple[Prepared, Batcher, torch.nn.Module, dict[str, Any]]:
-    """Everything a Trainer needs, in the order of the data path."""
-    time_shard = cfg.batching.mode == "dist_index" and cfg.batching.shard == "time" and ctx.world_size > 1
-    steps_per_epoch = None
-    if time_shard:  # this rank's steps only; its own windows, shuffled among themselves
+def plan_for(cfg: Config) -> tuple[Plan, RankEnv]:
+    env = RankEnv.from_environ()
+    machine = Machine.detect(cpu_only=bool(cfg.launcher.cpu))
+    return make_plan(cfg, env, machine, lambda: dataset_shape(cfg.dataset)), env
+
+
+def load_prepared(cfg: Config, plan: Plan, ctx: DistContext) -> tuple[Prepared, Series, int | None, int]:
+    """This rank's Prepared, its Series (graph, facts), the training batches per epoch when time-sharded,
+    and how many non-finite readings were rewritten as missing."""
+    if plan.shard == "time":  # this rank's steps only; its own windows, shuffled among themselves
         from stgnn_launch.distributed.time_shard import load_time_shard
 
-        prepared, series, steps_per_epoch = load_time_shard(cfg, ctx)
-    else:
-        series = load_series_for_rank(cfg, ctx)
-        prepared = prepare_for(cfg, series)
+        return load_time_shard(cfg.dataset, plan.prep, ctx, plan.batch_size, plan.series_dtype)
+    if plan.node_shared:  # read, filled and summed once per node; every rank maps the same pages
+        from stgnn_launch.distributed.shared_series import load_node_shared
+
+        series, stats = load_node_shared(cfg.dataset, plan.prep, plan.series_dtype, ctx, cfg.run_dir)
+        return prepare(series, plan.prep, scaler=scaler_from_sums(stats.scaler_sums)), series, None, stats.filled
+    series = load_dataset(cfg.dataset)
+    filled = fill_missing(series.values, plan.prep.null_value)
+    if plan.series_dtype != series.values.dtype:  # the resident precision, before the scaler sees it
+        series.values = series.values.to(plan.series_dtype)
+    return prepare(series, plan.prep), series, None, filled
+
+
+def model_spec(prepared: Prepared, adjacency: np.ndarray) -> ModelSpec:
+    return ModelSpec(num_nodes=prepared.values.shape[1], in_features=prepared.in_features,
+                     out_features=prepared.out_features, window=prepared.window, horizon=prepared.horizon,
+                     adjacency=adjacency, steps_per_day=prepared.steps_per_day, tod_channel=prepared.tod_channel)
+
+
+def build_baselines(cfg: Config, plan: Plan, prepared: Prepared, spec: ModelSpec,
+                    device: torch.device) -> dict[str, nn.Module]:
+    """Persistence always, and the historical average where the step has time-of-day slots, scored on the
+    same test windows as the model (so a run tells at once whether its model learned anything)."""
+    from stgnn_launch.models.baselines import HistoricalAverage, Persistence
+
+    baselines: dict[str, nn.Module] = {}
+    if cfg.model.name != "persistence":
+        baselines["persistence"] = Persistence(spec).to(device)
+    slots = prepared.steps_per_day is not None and prepared.tod_channel is not None
+    if slots and plan.shard != "time" and cfg.model.name != "historical_average":
+        average = HistoricalAverage(spec).to(device)
+        fit_baseline(average, prepared, device)
+        baselines["historical_average"] = average
+    return baselines
+
+
+def build_pipeline(cfg: Config, plan: Plan, ctx: DistContext) -> Pipeline:
+    prepared, series, steps_per_epoch, filled = load_prepared(cfg, plan, ctx)
     facts = {"name": cfg.dataset.name, "num_steps": series.num_steps, "num_nodes": series.num_nodes,
              "num_features": series.num_features, "start": str(series.timestamps[0]),
-             "step": str(series.step), "time_shard": time_shard,
-             "node_shared": cfg.batching.mode == "dist_index" and not time_shard and ctx.local_world_size > 1}
+             "step": format_step(series.step),
+             "step_s": float(series.step / np.timedelta64(1, "s")), "time_shard": plan.shard == "time", "node_shared": plan.node_shared,
+             "filled_readings": filled, "series_bytes": series.nbytes,
+             "warnings": sensor_warnings(prepared.values, series.sensor_ids, series.feature_names,
+                                         input_ranges(prepared.starts["train"], prepared.window),
+                                         prepared.null_value) if ctx.is_main else [],
+             "windows": {split: len(starts) for split, starts in prepared.starts.items()}}
     adjacency = series.adjacency
     del series
-    on_gpu = cfg.batching.device == "gpu" and ctx.device.type == "cuda"
-    if cfg.batching.mode != "standard":
-        prepared.values = place_series(prepared.values, on_gpu)
-    model = make_model(cfg, prepared, adjacency, ctx.device)
-    source = build_source(cfg.batching.mode, prepared, ctx.device if on_gpu else torch.device("cpu"))
-    if cfg.batching.mode == "standard":
-        # The field's pipeline keeps only the materialized windows; so does our baseline.
-        prepared.values = torch.empty((0,) + tuple(prepared.values.shape[1:]))
-    rank, world = (0, 1) if time_shard else (ctx.rank, ctx.world_size)
-    batcher = Batcher(source, batch_size=cfg.batching.batch_size,
-                      eval_batch_size=cfg.batching.eval_batch_size or cfg.batching.batch_size,
-                      shuffle=cfg.batching.shuffle, seed=cfg.trainer.seed, rank=rank, world=world,
+    spec = model_spec(prepared, adjacency)
+    if getattr(model_class(cfg.model.name), "needs_slots", False) and (
+            prepared.steps_per_day is None or prepared.tod_channel is None):
+        raise UserError(f"model={cfg.model.name}: expected a series whose step divides a day, with the time-of-day "
+                        f"covariate (dataset.covariates), found a step of {facts['step']}")
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)  # same initial weights on every rank
+    model = build_model(cfg.model.name, spec, dict(cfg.model.params)).to(plan.compute_device)
+    enable_activation_checkpointing(model, cfg.trainer.activation_checkpointing)  # read by the models' steps
+    if not getattr(model, "trainable", True):
+        fit_baseline(model, prepared, plan.compute_device)
+    baselines = build_baselines(cfg, plan, prepared, spec, plan.compute_device)
+    source = build_source(plan.mode, prepared, plan.data_device, plan.compute_device)
+    if plan.mode == "standard":  # the field's pipeline keeps only the materialized windows; so does ours
+        prepared = prepared.with_values(torch.empty((0,) + tuple(prepared.values.shape[1:]),
+                                                    dtype=prepared.values.dtype))
+    batcher = Batcher(source.count("train"), batch_size=plan.batch_size, shuffle=cfg.batching.shuffle,
+                      seed=cfg.trainer.seed, rank=plan.schedule_rank, world=plan.schedule_world,
                       max_train_batches=steps_per_epoch)
-    facts["windows"] = {split: len(starts) for split, starts in prepared.starts.items()}
-    return prepared, batcher, model, facts
+    return Pipeline(prepared, source, batcher, model, baselines, facts)
+
+
+def _configure_device(cfg: Config, plan: Plan) -> None:
+    apply_threads(plan)
+    if plan.compute_device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.trainer.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.trainer.tf32
+
+
+def series_bytes(plan: Plan, ctx: DistContext, pipe: Pipeline) -> tuple[int, int]:
+    """(per rank, per node) bytes of series held in host memory, or on the GPU when it lives there:
+    a node-shared copy counts once per node and nothing per rank."""
+    held = getattr(pipe.source, "series_bytes", 0)
+    if plan.node_shared:
+        return 0, held
+    return held, held * ctx.local_world_size
+
+
+def startup_facts(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, run_dir: Path) -> dict[str, Any]:
+    f = pipe.facts
+    params = sum(p.numel() for p in pipe.model.parameters())
+    where = f"{plan.data_device}" + (" (node-shared)" if plan.node_shared else "")
+    facts = {
+        "dataset": f"{f['name']}: {f['num_steps']} steps x {f['num_nodes']} nodes x {f['num_features']} features, "
+                   f"step {f['step']}" + (" (this rank's time range)" if f["time_shard"] else ""),
+        "windows": ", ".join(f"{k} {v}" for k, v in f["windows"].items()),
+        "model": f"{cfg.model.name}, {params:,} parameters",
+        "batching": f"{plan.mode}, data on {where} as {str(plan.series_dtype).replace('torch.', '')}, "
+                    f"prefetch {'on' if plan.prefetch else 'off'}",
+        "ranks": f"{ctx.world_size} ({ctx.backend or 'single process'}), compute on {plan.compute_device}, "
+                 f"{plan.threads} threads each",
+        "batch": f"{plan.batch_size} per rank, {plan.global_batch_size} global, lr {plan.lr:g}",
+        "data bytes": f"{pipe.source.data_bytes / 2**20:.1f} MiB per rank",
+        "run dir": str(run_dir),
+    }
+    for i, note in enumerate(plan.notes):
+        facts[f"note {i + 1}"] = note
+    return facts
 
 
 def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Train and test on this rank; rank 0 writes results.json and returns the record."""
+    """Train and test on this rank; rank 0 writes results.json and returns the record.
+
+    A run that fails leaves `failed.json` (the error) beside its config, so that reports show it as failed."""
     started = time.time()
-    ctx = init_distributed(use_cuda=torch.cuda.is_available() and not cfg.launcher.cpu)
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    plan, env = plan_for(cfg)
+    _configure_device(cfg, plan)
+    ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s)
+    log = RunLog(run_dir, ctx.is_main, cfg.trainer.tensorboard, cfg.trainer.log_every_s)
     try:
-        prepared, batcher, model, facts = build_pipeline(cfg, ctx)
+        pipe = build_pipeline(cfg, plan, ctx)
+        log.info(startup_block(startup_facts(cfg, plan, ctx, pipe, run_dir)))
+        if pipe.facts["filled_readings"]:
+            log.info(f"warning: dataset {cfg.dataset.name}: {pipe.facts['filled_readings']} readings were NaN or "
+                     "infinite; they are treated as missing (masked in the loss and the metrics)")
+        for warning in pipe.facts["warnings"]:
+            log.info(f"warning: dataset {cfg.dataset.name}: {warning}")
         setup_time_s = time.time() - started  # process group, data load, split, scaler, windows, model
-        trainer = Trainer(cfg, ctx, model, prepared, batcher, run_dir)
+        trainer = Trainer(cfg, plan, ctx, pipe.model, pipe.prepared, pipe.source, pipe.batcher, run_dir, log,
+                          pipe.baselines)
         trainer.fit()
         trainer.load_best()
-        val_sums, test_sums = trainer.evaluate_sums("val"), trainer.evaluate_sums("test")
-        test = test_sums.result()
-        record = {
-            "config": asdict(cfg),
-            "batching": cfg.batching.mode,
-            "model": cfg.model.name,
-            "world_size": ctx.world_size,
-            "backend": ctx.backend,
-            "device": str(ctx.device),
-            "dataset": facts,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "epochs": trainer.history,
-            "best_epoch": trainer.best_epoch,
-            "val": val_sums.result(),
-            "test": test,
-            "data_bytes": batcher.source.data_bytes,
-            "node_data_bytes": node_data_bytes(facts["node_shared"], ctx, batcher.source.data_bytes, prepared),
-            "peak_rss_bytes": peak_rss_bytes(),
-            "setup_time_s": setup_time_s,
-            "wall_time_s": time.time() - started,
-            "git_sha": git_sha(),
-            "host": socket.gethostname(),
-        }
-        if cfg.trainer.pooled_steps:
-            record["val_pooled"] = pooled_by_minutes(val_sums, cfg.trainer.pooled_steps, prepared.steps_per_day)
-            record["test_pooled"] = pooled_by_minutes(test_sums, cfg.trainer.pooled_steps, prepared.steps_per_day)
+        val_sums = trainer.evaluate_sums("val")["model"]
+        test_all = trainer.evaluate_sums("test", with_baselines=True)
+        test = test_all["model"].result()
+        baselines = {name: s.result() for name, s in test_all.items() if name != "model"}
+        record = make_record(cfg, plan, ctx, pipe, trainer, val_sums, test_all["model"], baselines,
+                             setup_time_s, started)
+        if cfg.trainer.save_predictions:
+            from stgnn_launch.train.predictions import save_predictions
+
+            save_predictions(trainer, "test", run_dir / "predictions.npz")
         if ctx.is_main:
             write_json_atomic(record, run_dir / RESULTS)
-            print(format_test(test), flush=True)
+            log.info(format_test(test, baselines, cfg.metrics.mape_threshold))
             if cfg.trainer.pooled_steps:
-                print(format_pooled(record["test_pooled"]), flush=True)
-            print(f"results: {run_dir / RESULTS}", flush=True)
+                log.info(format_pooled(record["test_pooled"]))
+            if record.get("beats_persistence") is False:
+                log.info(f"warning: {cfg.model.name} did not beat persistence on the test windows (MAE "
+                         f"{test['avg']['mae']:.4f} vs {baselines['persistence']['avg']['mae']:.4f}): train longer, "
+                         "or try another learning rate")
+            log.info(f"results: {run_dir / RESULTS}")
         shutdown(ctx)
         return record
+    except BaseException as err:
+        if ctx.is_main and not isinstance(err, (SystemExit, Preempted)):
+            write_json_atomic({"error": str(err) or type(err).__name__, "type": type(err).__name__,
+                               "traceback": traceback.format_exc(), "time": time.time()}, run_dir / FAILED)
+        raise
     finally:
+        log.close()
         shutdown(ctx, together=False)  # no-op after the normal end
 
 
-def pooled_by_minutes(sums: MetricSums, upto_steps: list[int], steps_per_day: int) -> dict[str, dict[str, float]]:
+def make_record(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, trainer: Trainer, val_sums: MetricSums,
+                test_sums: MetricSums, baselines: dict[str, Any], setup_time_s: float, started: float) -> dict[str, Any]:
+    test = test_sums.result()
+    epochs = trainer.history
+    total_time = sum(e["epoch_time_s"] for e in epochs)
+    per_rank, per_node = series_bytes(plan, ctx, pipe)
+    record = {
+        "config": asdict(cfg),
+        "batching": cfg.batching.mode,
+        "model": cfg.model.name,
+        "world_size": ctx.world_size,
+        "backend": ctx.backend,
+        "device": str(ctx.device),
+        "plan": {"shard": plan.shard, "node_shared": plan.node_shared, "data_device": str(plan.data_device),
+                 "series_dtype": str(plan.series_dtype).replace("torch.", ""), "prefetch": plan.prefetch,
+                 "threads": plan.threads, "batch_size": plan.batch_size, "global_batch_size": plan.global_batch_size,
+                 "lr": plan.lr, "notes": plan.notes},
+        "dataset": pipe.facts,
+        "parameters": sum(p.numel() for p in pipe.model.parameters()),
+        "epochs": epochs,
+        "best_epoch": trainer.best_epoch,
+        "val": val_sums.result(),
+        "test": test,
+        "baselines": baselines,
+        "mape_threshold": cfg.metrics.mape_threshold,
+        "data_wait_fraction": (sum(e["data_wait_s"] for e in epochs) / total_time) if total_time > 0 else None,
+        "data_bytes": pipe.source.data_bytes,
+        "node_data_bytes": node_data_bytes(plan, ctx, pipe),
+        "series_bytes_per_rank": per_rank,
+        "series_bytes_per_node": per_node,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "setup_time_s": setup_time_s,
+        "wall_time_s": time.time() - started,
+        "git_sha": git_sha(),
+        "host": socket.gethostname(),
+    }
+    if "persistence" in baselines:
+        record["beats_persistence"] = bool(test["avg"]["mae"] < baselines["persistence"]["avg"]["mae"])
+    if cfg.trainer.pooled_steps:
+        record["val_pooled"] = pooled_by_minutes(val_sums, cfg.trainer.pooled_steps, pipe.prepared.steps_per_day)
+        record["test_pooled"] = pooled_by_minutes(test_sums, cfg.trainer.pooled_steps, pipe.prepared.steps_per_day)
+    return record
+
+
+def pooled_by_minutes(sums: MetricSums, upto_steps: list[int], steps_per_day: int | None) -> dict[str, dict[str, float]]:
     """T-GCN's reporting: metrics and accuracy pooled over output steps 1..k for each k, keyed by minutes
-    ("15" for 3 five-minute steps)."""
+    ("15" for 3 five-minute steps); by steps ("3 steps") where the step does not divide a day."""
+    if steps_per_day is None:
+        return {f"{k} steps": m for k, m in sums.pooled(upto_steps).items()}
     minutes = 1440 / steps_per_day
     return {f"{int(k) * minutes:g}": m for k, m in sums.pooled(upto_steps).items()}
 
@@ -135,11 +281,12 @@ def format_pooled(pooled: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def node_data_bytes(node_shared: bool, ctx: DistContext, rank_bytes: int, prepared: Prepared) -> int:
+def node_data_bytes(plan: Plan, ctx: DistContext, pipe: Pipeline) -> int:
     """Host memory for data on one node: a node-shared series counted once, private copies per rank."""
+    rank_bytes = pipe.source.data_bytes
     ranks = ctx.local_world_size
-    if node_shared:
-        shared = prepared.values.element_size() * prepared.values.nelement()
+    if plan.node_shared:
+        shared = getattr(pipe.source, "series_bytes", 0)
         return shared + ranks * (rank_bytes - shared)
     return ranks * rank_bytes
 
@@ -147,26 +294,46 @@ def node_data_bytes(node_shared: bool, ctx: DistContext, rank_bytes: int, prepar
 def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
     """Metrics of the run's best checkpoint on `split` with this world size; rank 0 writes
     eval_<split>_w<world>.json. Errors and masks are summed over ranks, so any world size agrees."""
-    ctx = init_distributed(use_cuda=torch.cuda.is_available() and not cfg.launcher.cpu)
+    plan, env = plan_for(cfg)
+    _configure_device(cfg, plan)
+    ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s)
+    log = RunLog(run_dir, ctx.is_main)
     try:
-        prepared, batcher, model, facts = build_pipeline(cfg, ctx)
-        trainer = Trainer(cfg, ctx, model, prepared, batcher, run_dir)
+        pipe = build_pipeline(cfg, plan, ctx)
+        trainer = Trainer(cfg, plan, ctx, pipe.model, pipe.prepared, pipe.source, pipe.batcher, run_dir, log,
+                          pipe.baselines)
         if trainer.trainable:
             trainer.load_best(required=True)
-        metrics = trainer.evaluate(split)
+        sums = trainer.evaluate_sums(split, with_baselines=True)
+        metrics = sums["model"].result()
+        baselines = {name: s.result() for name, s in sums.items() if name != "model"}
         record = {"run_dir": str(run_dir), "split": split, "world_size": ctx.world_size, "metrics": metrics,
+                  "baselines": baselines, "mape_threshold": cfg.metrics.mape_threshold,
                   "checkpoint": str(trainer.ckpt_dir / "best.pt") if trainer.trainable else None}
+        if cfg.trainer.save_predictions:
+            from stgnn_launch.train.predictions import save_predictions
+
+            save_predictions(trainer, split, run_dir / f"predictions_{split}.npz")
         if ctx.is_main:
             write_json_atomic(record, run_dir / f"eval_{split}_w{ctx.world_size}.json")
-            print(format_test(metrics).replace("test metrics", f"{split} metrics"), flush=True)
+            print(format_test(metrics, baselines, cfg.metrics.mape_threshold).replace("test metrics",
+                                                                                      f"{split} metrics"), flush=True)
         shutdown(ctx)
         return record
     finally:
+        log.close()
         shutdown(ctx, together=False)  # no-op after the normal end
 
 
-def format_test(test: dict[str, dict[str, float]]) -> str:
-    lines = ["test metrics (masked, de-normalized)", f"{'horizon':>8} {'MAE':>8} {'RMSE':>8} {'MAPE':>8}"]
+def format_test(test: dict[str, dict[str, float]], baselines: dict[str, dict[str, dict[str, float]]] | None = None,
+                mape_threshold: float = 0.0) -> str:
+    """The test table: the model at each reported horizon, then each baseline's average beside it."""
+    mape_note = f"MAPE over |y| > {mape_threshold:g}"
+    lines = [f"test metrics (masked, de-normalized; {mape_note})",
+             f"{'horizon':>8} {'MAE':>8} {'RMSE':>8} {'MAPE':>8}"]
     for step, m in test.items():
         lines.append(f"{step:>8} {m['mae']:8.4f} {m['rmse']:8.4f} {100 * m['mape']:7.2f}%")
+    for name, metrics in (baselines or {}).items():
+        m = metrics["avg"]
+        lines.append(f"{'avg':>8} {m['mae']:8.4f} {m['rmse']:8.4f} {100 * m['mape']:7.2f}%  <- {name}")
     return "\n".join(lines)

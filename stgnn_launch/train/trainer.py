@@ -1,14 +1,16 @@
 """The training loop, one rank's view: DDP when the world is larger than one process.
 
-Only rank 0 logs, shows progress and writes files. Validation and test metrics are reduced as sums of
-errors and mask counts, so they do not depend on the world size.
+Only rank 0 logs and writes files. Batches come from a `BatchFeed` (gathered ahead in a thread), the
+loss is summed on the device and read only at log points (no host synchronisation per step), and each
+epoch records where its time went: waiting for data, computing, the gradient all-reduce, evaluation.
+Validation and test metrics are reduced as sums of errors and mask counts, so they do not depend on
+the world size.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,17 +19,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stgnn_launch.config.schema import Config
-from stgnn_launch.data.batching import Batcher
+from stgnn_launch.data.batching import Batcher, BatchFeed, WindowSource, eval_positions
 from stgnn_launch.data.prepare import Prepared
-from stgnn_launch.distributed.context import DistContext, all_reduce_sum, barrier
-from stgnn_launch.models.registry import ModelSpec, build_model
+from stgnn_launch.distributed.context import DistContext, all_reduce_sum, barrier, vote_any
+from stgnn_launch.plan import Plan
 from stgnn_launch.train import checkpoint
-from stgnn_launch.train.metrics import MetricSums, masked_mae_loss, observed_mask
+from stgnn_launch.train.metrics import MetricSums, masked_mae_loss
+from stgnn_launch.train.preemption import Preempted, StopRequest
+from stgnn_launch.train.runlog import RunLog
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -47,42 +52,61 @@ class EpochStats:
     epoch_time_s: float
     samples_per_s: float
     lr: float
+    data_wait_s: float  # blocked on the batch feed
+    compute_s: float  # forward, backward, optimizer step (the rest of the training loop)
+    allreduce_s: float  # gradient all-reduce (overlaps the backward pass; host-side time per bucket)
+    eval_s: float  # validation
 
 
-def make_model(cfg: Config, prepared: Prepared, adjacency: np.ndarray, device: torch.device) -> nn.Module:
-    """Same initial weights on every rank (same seed); baselines fitted on the training range here,
-    before a `standard` run drops the series."""
-    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
-    spec = ModelSpec(
-        num_nodes=prepared.values.shape[1], in_features=prepared.in_features, out_features=prepared.out_features,
-        window=prepared.window, horizon=prepared.horizon, adjacency=adjacency,
-        steps_per_day=prepared.steps_per_day, tod_channel=prepared.tod_channel,
-    )
-    model = build_model(cfg.model.name, spec, dict(cfg.model.params)).to(device)
-    if not getattr(model, "trainable", True):
-        fit_baseline(model, prepared, device)
-    return model
+class _CommTimer:
+    """A DDP communication hook: the default all-reduce, timed from launch to completion per bucket."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def hook(self):
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        def timed_allreduce(state, bucket):  # no annotations: DDP checks them, and ours are strings
+            started = time.perf_counter()
+
+            def done(fut):
+                self.seconds += time.perf_counter() - started
+                return fut.value()
+
+            return default_hooks.allreduce_hook(state, bucket).then(done)
+
+        return timed_allreduce
 
 
 class Trainer:
-    def __init__(self, cfg: Config, ctx: DistContext, model: nn.Module, prepared: Prepared, batcher: Batcher,
-                 run_dir: Path) -> None:
-        self.cfg, self.ctx, self.prepared, self.batcher, self.run_dir = cfg, ctx, prepared, batcher, run_dir
+    def __init__(self, cfg: Config, plan: Plan, ctx: DistContext, model: nn.Module, prepared: Prepared,
+                 source: WindowSource, batcher: Batcher, run_dir: Path, log: RunLog,
+                 baselines: dict[str, nn.Module] | None = None) -> None:
+        self.cfg, self.plan, self.ctx, self.prepared, self.run_dir = cfg, plan, ctx, prepared, run_dir
+        self.source, self.batcher, self.log = source, batcher, log
         self.trainer_cfg = cfg.trainer
         self.ckpt_dir = checkpoint.checkpoint_dir(run_dir)
         self.model = model
+        self.baselines = baselines or {}
         self.trainable = getattr(model, "trainable", True)
+        self.feed = BatchFeed(source, ctx.device, max(plan.batch_size, plan.eval_batch_size), prefetch=plan.prefetch,
+                              depth=cfg.batching.prefetch_depth)
         torch.manual_seed(cfg.trainer.seed + ctx.rank)  # dropout and sampling differ per rank
         self.optimizer = self.scheduler = None
         self.network: nn.Module = model
+        self.comm = _CommTimer()
         if self.trainable:
-            self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.trainer.lr,
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=plan.lr, eps=cfg.trainer.adam_eps,
                                               weight_decay=cfg.trainer.weight_decay)
             self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
                 self.optimizer, milestones=list(cfg.trainer.lr_milestones), gamma=cfg.trainer.lr_gamma)
             if ctx.distributed:
                 self.network = DistributedDataParallel(
                     model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+                self.network.register_comm_hook(None, self.comm.hook())
+            if cfg.trainer.compile:
+                self.network = torch.compile(self.network)
         self.scaler_mean = prepared.scaler.mean[: prepared.out_features].to(ctx.device)
         self.scaler_std = prepared.scaler.std[: prepared.out_features].to(ctx.device)
         self.history: list[dict[str, Any]] = []
@@ -90,6 +114,8 @@ class Trainer:
         self.best_epoch = 0
         self.bad_epochs = 0
         self.start_epoch = 1
+        self.in_epoch: dict[str, Any] | None = None  # where a step checkpoint left the current epoch
+        self.stop = StopRequest(cfg.trainer.checkpoint_every_min)
 
     # ---- one step ----------------------------------------------------------------------------
     def _autocast(self):
@@ -103,21 +129,24 @@ class Trainer:
             out = model(x, targets=targets)
         return out.float() * self.scaler_std + self.scaler_mean
 
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
-
     # ---- epochs ------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> EpochStats:
         self.network.train()
         shards = self.batcher.train_positions(epoch)
         if self.trainer_cfg.max_batches_per_epoch:
             shards = shards[: self.trainer_cfg.max_batches_per_epoch]
-        loss_sum = torch.zeros(2, dtype=torch.float64)  # sum of batch losses, number of windows seen
-        started = time.perf_counter()
-        bar = tqdm(shards, desc=f"epoch {epoch}", leave=False, mininterval=2.0,
-                   disable=not (self.ctx.is_main and self.trainer_cfg.progress and sys.stderr.isatty()))
-        for positions in bar:
-            x, y = self._to_device(*self.batcher.source.take("train", positions))
+        windows = float(sum(p.numel() for p in shards))
+        # A step checkpoint of this epoch: skip the steps it covers (the permutation is seed + epoch's).
+        done = self.in_epoch if self.in_epoch and self.in_epoch["epoch"] == epoch else {}
+        self.in_epoch = None
+        first = done.get("step", 0)
+        loss_sum = torch.tensor(done.get("loss_sum", 0.0), dtype=torch.float64, device=self.ctx.device)
+        wait0 = self.feed.wait_s - done.get("data_wait_s", 0.0)
+        comm0 = self.comm.seconds - done.get("allreduce_s", 0.0)
+        started = time.perf_counter() - done.get("elapsed_s", 0.0)
+        bar = tqdm(total=len(shards), initial=first, desc=f"epoch {epoch}", leave=False, mininterval=2.0,
+                   disable=not (self.ctx.is_main and self.trainer_cfg.progress and self.log.interactive))
+        for step, (x, y) in enumerate(self.feed.batches("train", shards[first:]), start=first + 1):
             pred = self._predict(self.network, x, y)
             loss = masked_mae_loss(pred, y, self.prepared.null_value)
             self.optimizer.zero_grad(set_to_none=True)
@@ -125,43 +154,81 @@ class Trainer:
             if self.trainer_cfg.clip_grad_norm > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer_cfg.clip_grad_norm)
             self.optimizer.step()
-            loss_sum += torch.tensor([loss.item(), positions.numel()], dtype=torch.float64)
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            loss_sum += loss.detach()
+            bar.update()
+            if self.log.progress_due():
+                self.log.info(f"epoch {epoch}: step {step}/{len(shards)}  train_loss {float(loss_sum) / step:.4f}  "
+                              f"{time.perf_counter() - started:.0f}s")
+            if step < len(shards):
+                self._maybe_stop(epoch, step, {"loss_sum": float(loss_sum), "elapsed_s": time.perf_counter() - started,
+                                               "data_wait_s": self.feed.wait_s - wait0,
+                                               "allreduce_s": self.comm.seconds - comm0})
+        bar.close()
         self.scheduler.step()
-        steps = torch.tensor([float(len(shards))], dtype=torch.float64)
-        totals = all_reduce_sum(torch.cat([loss_sum, steps]).to(self._reduce_device), self.ctx).cpu()
         elapsed = time.perf_counter() - started
+        wait = self.feed.wait_s - wait0
+        totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(len(shards)), dtype=torch.float64,
+                                                                               device=loss_sum.device),
+                                             torch.tensor(windows, dtype=torch.float64, device=loss_sum.device)]),
+                                self.ctx).cpu()
+        eval_started = time.perf_counter()
         val = self.evaluate("val")
-        return EpochStats(epoch=epoch, train_loss=float(totals[0] / max(1.0, float(totals[2]))),
+        return EpochStats(epoch=epoch, train_loss=float(totals[0] / max(1.0, float(totals[1]))),
                           val_mae=val["avg"]["mae"], epoch_time_s=elapsed,
-                          samples_per_s=float(totals[1]) / elapsed if elapsed > 0 else 0.0,
-                          lr=self.optimizer.param_groups[0]["lr"])
-
-    @property
-    def _reduce_device(self) -> torch.device:
-        return self.ctx.device if self.ctx.backend == "nccl" else torch.device("cpu")
+                          samples_per_s=float(totals[2]) / elapsed if elapsed > 0 else 0.0,
+                          lr=self.optimizer.param_groups[0]["lr"], data_wait_s=wait, compute_s=elapsed - wait,
+                          allreduce_s=self.comm.seconds - comm0, eval_s=time.perf_counter() - eval_started)
 
     @torch.no_grad()
-    def evaluate_sums(self, split: str) -> MetricSums:
-        """Error sums and mask counts on de-normalized values over this rank's windows, then over ranks."""
+    def evaluate_sums(self, split: str, with_baselines: bool = False) -> dict[str, MetricSums]:
+        """Error sums and mask counts on de-normalized values over this rank's windows, then over ranks:
+        {"model": ..., and with_baselines each baseline scored on the same windows}."""
         self.model.eval()
-        sums = MetricSums(self.prepared.horizon, self._reduce_device)
-        for x, y in self.batcher.eval_batches(split):
-            x, y = self._to_device(x, y)
-            sums.update(self._predict(self.model, x, None), y, self.prepared.null_value)
-        all_reduce_sum(sums.sums, self.ctx)
+        threshold = self.cfg.metrics.mape_threshold
+        names = ["model"] + (list(self.baselines) if with_baselines else [])
+        sums = {name: MetricSums(self.prepared.horizon, self.ctx.device, threshold) for name in names}
+        positions = eval_positions(self.source.count(split), self.plan.eval_batch_size, self.plan.schedule_rank,
+                                   self.plan.schedule_world)
+        positions = positions[: self.trainer_cfg.max_eval_batches]  # None: all (benchmarks cap it)
+        for x, y in self.feed.batches(split, positions):
+            sums["model"].update(self._predict(self.model, x, None), y, self.prepared.null_value)
+            for name in names[1:]:
+                sums[name].update(self._predict(self.baselines[name], x, None), y, self.prepared.null_value)
+        for s in sums.values():
+            all_reduce_sum(s.sums, self.ctx)
         return sums
 
     def evaluate(self, split: str) -> dict[str, dict[str, float]]:
         """Masked MAE, RMSE and MAPE at horizons 3, 6, 12 and pooled ("avg")."""
-        return self.evaluate_sums(split).result()
+        return self.evaluate_sums(split)["model"].result()
+
+    def _maybe_stop(self, epoch: int, step: int, progress: dict[str, float]) -> None:
+        """At a step boundary: a step checkpoint when a rank was signalled or one is due; stop if signalled."""
+        stop, periodic = vote_any(list(self.stop.after_step(epoch, step, self.ctx.is_main)), self.ctx)
+        if not (stop or periodic):
+            return
+        in_epoch = {"epoch": epoch, "step": step, **progress}
+        self._save(epoch - 1, improved=False, in_epoch=in_epoch)
+        self.stop.checkpointed()
+        if stop:
+            self.log.info(f"stopping at epoch {epoch} step {step} on a signal: step checkpoint written; a resume "
+                          "(or the requeued job) continues from this step")
+            raise Preempted(f"preempted at epoch {epoch} step {step}")
 
     def fit(self) -> None:
-        """Epochs with early stopping on validation MAE; a checkpoint after every epoch."""
+        """Epochs with early stopping on validation MAE; a checkpoint after every epoch, and at a step
+        boundary when the job is signalled (preemption, time limit) or trainer.checkpoint_every_min is due."""
         if not self.trainable:
             return
         if self.trainer_cfg.resume:
             self._resume()
+        self.stop.install()
+        try:
+            self._epochs()
+        finally:
+            self.stop.uninstall()
+
+    def _epochs(self) -> None:
         for epoch in range(self.start_epoch, self.trainer_cfg.max_epochs + 1):
             if self.bad_epochs >= self.trainer_cfg.patience:
                 break
@@ -171,13 +238,15 @@ class Trainer:
                 self.best_val, self.best_epoch, self.bad_epochs = stats.val_mae, epoch, 0
             else:
                 self.bad_epochs += 1
-            self.history.append(vars(stats))
-            self._log(f"epoch {epoch}: train_loss {stats.train_loss:.4f}  val_mae {stats.val_mae:.4f}  "
-                      f"{stats.epoch_time_s:.1f}s  {stats.samples_per_s:.0f} windows/s"
-                      + ("  *best*" if improved else ""))
+            row = vars(stats)
+            self.history.append(row)
+            self.log.epoch(row)
+            self.log.info(f"epoch {epoch}: train_loss {stats.train_loss:.4f}  val_mae {stats.val_mae:.4f}  "
+                          f"{stats.epoch_time_s:.1f}s (data wait {stats.data_wait_s:.2f}s)  "
+                          f"{stats.samples_per_s:.0f} windows/s" + ("  *best*" if improved else ""))
             self._save(epoch, improved)
             if self.bad_epochs >= self.trainer_cfg.patience:
-                self._log(f"early stopping: no better validation MAE for {self.bad_epochs} epochs")
+                self.log.info(f"early stopping: no better validation MAE for {self.bad_epochs} epochs")
 
     def load_best(self, required: bool = False) -> None:
         """The best epoch's weights (by validation MAE); `required` for evaluating a finished run."""
@@ -186,17 +255,28 @@ class Trainer:
             self.model.load_state_dict(checkpoint.load(best)["model"])
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def _state(self, epoch: int) -> dict[str, Any]:
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's random state (dropout and sampling differ per rank), gathered on all ranks."""
+        mine = {"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.ctx.device) if self.ctx.device.type == "cuda" else None}
+        if not self.ctx.distributed:
+            return [mine]
+        states: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(states, mine)
+        return states
+
+    def _state(self, epoch: int, rng: list[dict[str, Any]], in_epoch: dict[str, Any] | None) -> dict[str, Any]:
         return {
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "best_val": self.best_val, "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "history": self.history, "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "bad_epochs": self.bad_epochs, "history": self.history, "rng_per_rank": rng, "in_epoch": in_epoch,
         }
 
-    def _save(self, epoch: int, improved: bool) -> None:
+    def _save(self, epoch: int, improved: bool, in_epoch: dict[str, Any] | None = None) -> None:
+        """`epoch`: the last finished epoch; `in_epoch`: how far the next one got (a step checkpoint)."""
+        rng = self._rng_states()
         if self.ctx.is_main:
-            state = self._state(epoch)
+            state = self._state(epoch, rng, in_epoch)
             checkpoint.save_atomic(state, self.ckpt_dir / checkpoint.LAST)
             if improved:
                 checkpoint.save_atomic({"epoch": epoch, "model": state["model"]}, self.ckpt_dir / checkpoint.BEST)
@@ -205,7 +285,7 @@ class Trainer:
     def _resume(self) -> None:
         path = self.ckpt_dir / checkpoint.LAST
         if not path.is_file():
-            self._log(f"resume: no checkpoint in {self.ckpt_dir} yet, starting from epoch 1")
+            self.log.info(f"resume: no checkpoint in {self.ckpt_dir} yet, starting from epoch 1")
             return
         state = checkpoint.load(path)
         self.model.load_state_dict(state["model"])
@@ -214,21 +294,28 @@ class Trainer:
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
         self.bad_epochs, self.history = state["bad_epochs"], list(state["history"])
         self.start_epoch = state["epoch"] + 1
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        self._log(f"resumed from {path} after epoch {state['epoch']}")
-
-    def _log(self, message: str) -> None:
-        if self.ctx.is_main:
-            print(message, flush=True)
+        self.in_epoch = state.get("in_epoch")
+        states = state.get("rng_per_rank") or []
+        if len(states) == self.ctx.world_size:  # each rank continues its own random stream
+            mine = states[self.ctx.rank]
+            torch.set_rng_state(mine["cpu"])
+            if mine["cuda"] is not None and self.ctx.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"], self.ctx.device)
+        elif states:
+            self.log.info(f"resume: checkpoint of {len(states)} ranks, now {self.ctx.world_size}: random streams "
+                          "restart from the seed")
+        where = (f"epoch {self.in_epoch['epoch']} step {self.in_epoch['step']}" if self.in_epoch
+                 else f"the end of epoch {state['epoch']}")
+        self.log.info(f"resumed from {path} at {where}")
 
 
 def fit_baseline(model: nn.Module, prepared: Prepared, device: torch.device) -> None:
     """Baselines learn their statistics from the training inputs' range, nothing later."""
     stop = int(prepared.starts["train"][-1]) + prepared.window
     f = prepared.out_features
-    values = prepared.values[:stop, :, :f].cpu()
+    values = prepared.values[:stop, :, :f].float().cpu()
+    from stgnn_launch.train.metrics import observed_mask
+
     observed = observed_mask(values, prepared.null_value)
     z_scored = (values - prepared.scaler.mean[:f]) / prepared.scaler.std[:f]
     model.fit(z_scored.to(device), observed.to(device), prepared.slots(0, stop).to(device))

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
 from stgnn_launch.config.load import load_run_config
 from stgnn_launch.errors import UserError
+from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", metavar="SPLIT", choices=["train", "val", "test"],
                         help="evaluate the run's best checkpoint instead of training")
     args = parser.parse_args(argv)
+    # Until training installs its handler, the preemption signal must not kill a rank that is loading data.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         cfg = load_run_config(args.run_dir)
         if args.eval:
@@ -29,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
             run_evaluation(cfg, args.run_dir, args.eval)
             return 0
         # A rank restarted by torchrun (--max-restarts) or a job requeued by Slurm continues its run.
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        # TORCHELASTIC_RESTART_COUNT is the node's own count: a node restarted because another node's rank
+        # failed keeps 0, so with restarts allowed a checkpoint already in the run directory decides on every node.
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 or (
+            int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+            and (args.run_dir / "checkpoints" / "last.pt").is_file())
         cfg.trainer.resume = cfg.trainer.resume or restarted or os.environ.get("STGNN_RESUME") == "1"
         from stgnn_launch.train.run import run_training
 
@@ -37,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"stgnn-train: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as stop:  # a step checkpoint is written; torchrun restarts or Slurm requeues resume it
+        print(f"stgnn-train: {stop}; resume continues from the step checkpoint", file=sys.stderr)
+        return PREEMPTED_EXIT
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import h5py
 
-from stgnn_launch.data.readers.hdf5_native import NativeWriter, is_native, native_shape, read_native, write_series
+from stgnn_launch.data.readers.hdf5_native import Allocator, NativeWriter, is_native, native_shape, read_native, write_series
 from stgnn_launch.data.readers.hdf5_pandas import is_pandas_hdf, open_hdf5, pandas_hdf_shape, read_pandas_hdf
 from stgnn_launch.data.series import Series
 from stgnn_launch.data.readers.tabular import DEFAULT_FREQ, DEFAULT_START, TableSource, array_source, collect, csv_source
@@ -36,21 +36,29 @@ def default_cache_dir() -> Path:
 
 def load_series(path: str | os.PathLike, *, key: str | None = None, start: str = DEFAULT_START,
                 freq: str = DEFAULT_FREQ, axis_order: str = "TN", cache_dir: str | os.PathLike | None = None,
-                time_range: tuple[int, int] | None = None) -> Series:
+                time_range: tuple[int, int] | None = None, alloc: Allocator | None = None) -> Series:
     """Read a series file; CSV/NPY/NPZ go through the native-layout cache (converted on first use).
 
-    `time_range` = (first, stop) reads only those steps (HDF5 reads just the chunks they touch)."""
+    `time_range` = (first, stop) reads only those steps (HDF5 reads just the chunks they touch); `alloc`
+    gives the float32 array to read into (a shared-memory segment: no private copy first)."""
     path, native = _readable_file(path, key, start, freq, axis_order, cache_dir)
     first, stop = time_range if time_range is not None else (0, None)
-    return read_native(path, first, stop) if native else read_pandas_hdf(path, key, first, stop)
+    if native:
+        return read_native(path, first, stop, alloc)
+    return read_pandas_hdf(path, key, first, stop, alloc)
 
 
-def series_num_steps(path: str | os.PathLike, *, key: str | None = None, start: str = DEFAULT_START,
-                     freq: str = DEFAULT_FREQ, axis_order: str = "TN",
-                     cache_dir: str | os.PathLike | None = None) -> int:
-    """T of a series file without reading its values."""
+def series_shape(path: str | os.PathLike, *, key: str | None = None, start: str = DEFAULT_START,
+                 freq: str = DEFAULT_FREQ, axis_order: str = "TN",
+                 cache_dir: str | os.PathLike | None = None) -> tuple[int, int, int]:
+    """T, N, F of a series file without reading its values."""
     path, native = _readable_file(path, key, start, freq, axis_order, cache_dir)
-    return native_shape(path)[0] if native else pandas_hdf_shape(path, key)[0]
+    return native_shape(path) if native else pandas_hdf_shape(path, key)
+
+
+def series_num_steps(path: str | os.PathLike, **options) -> int:
+    """T of a series file without reading its values."""
+    return series_shape(path, **options)[0]
 
 
 def _readable_file(path: str | os.PathLike, key: str | None, start: str, freq: str, axis_order: str,
@@ -58,7 +66,10 @@ def _readable_file(path: str | os.PathLike, key: str | None, start: str, freq: s
     """The HDF5 file to read (the source itself, or its native-layout cache entry) and whether it is native."""
     path = _series_file(path)
     if path.suffix.lower() in HDF5_SUFFIXES:
-        return path, _hdf5_kind(path) == "native"
+        native = _hdf5_kind(path) == "native"
+        if native:
+            _no_key(path, key)
+        return path, native
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     options = _options(path, key, start, freq, axis_order)
     source_id = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
@@ -112,7 +123,17 @@ def _series_file(path: str | os.PathLike) -> Path:
 
 
 def _read_hdf5(path: Path, key: str | None) -> Series:
-    return read_native(path) if _hdf5_kind(path) == "native" else read_pandas_hdf(path, key)
+    if _hdf5_kind(path) == "native":
+        _no_key(path, key)
+        return read_native(path)
+    return read_pandas_hdf(path, key)
+
+
+def _no_key(path: Path, key: str | None) -> None:
+    """A native file holds one series: a key given for it is a mistake (another file meant), not a choice."""
+    if key is not None:
+        raise UserError(f"dataset.key (--key): expected null for {path}, a file in the stgnn-launch layout "
+                        f"(one series, no keys), found {key!r}")
 
 
 def _hdf5_kind(path: Path) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -23,6 +24,8 @@ import torch
 from stgnn_launch.atomic_write import temp_path_beside
 from stgnn_launch.data.series import Series
 from stgnn_launch.errors import UserError
+
+Allocator = Callable[[tuple[int, ...]], np.ndarray]  # shape -> a float32 array to read into
 
 LAYOUT = "stgnn-launch-series"
 VERSION = 1
@@ -108,8 +111,10 @@ def write_series(path: str | os.PathLike, series: Series, chunk_steps: int = 204
     return Path(path)
 
 
-def read_native(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> Series:
-    """Read steps [start, stop) of a native file straight into one float32 tensor."""
+def read_native(path: str | os.PathLike, start: int = 0, stop: int | None = None,
+                alloc: Allocator | None = None) -> Series:
+    """Read steps [start, stop) of a native file straight into one float32 array (from `alloc`, e.g. a
+    shared-memory segment, when given)."""
     path = Path(path)
     with h5py.File(path, "r") as file:
         if not is_native(file):
@@ -122,7 +127,7 @@ def read_native(path: str | os.PathLike, start: int = 0, stop: int | None = None
         stop = total if stop is None else min(stop, total)
         if not 0 <= start < stop:
             raise UserError(f"{path}: expected a time range inside [0, {total}), found [{start}, {stop})")
-        out = np.empty((stop - start,) + values.shape[1:], dtype=np.float32)
+        out = (alloc or _empty)((stop - start,) + values.shape[1:])
         values.read_direct(out, np.s_[start:stop])
         timestamps = file["timestamps"][start:stop].view("datetime64[ns]")
         sensor_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in file["sensor_ids"][()]]
@@ -135,3 +140,7 @@ def native_shape(path: str | os.PathLike) -> tuple[int, int, int]:
     """T, N, F of a native file without reading its values."""
     with h5py.File(path, "r") as file:
         return tuple(file["values"].shape)  # type: ignore[return-value]
+
+
+def _empty(shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape, dtype=np.float32)

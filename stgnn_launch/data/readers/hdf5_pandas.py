@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import torch
 
+from stgnn_launch.data.readers.hdf5_native import Allocator
 from stgnn_launch.data.series import Series
 from stgnn_launch.errors import UserError
 
@@ -70,8 +71,9 @@ class _Frame:
 
 
 def read_pandas_hdf(path: str | os.PathLike, key: str | None = None, start: int = 0,
-                    stop: int | None = None) -> Series:
-    """Read steps [start, stop) of a pandas fixed-format frame into a T x N x 1 float32 series."""
+                    stop: int | None = None, alloc: Allocator | None = None) -> Series:
+    """Read steps [start, stop) of a pandas fixed-format frame into a T x N x 1 float32 series (into the
+    array `alloc` returns, e.g. a shared-memory segment, when given)."""
     path = Path(path)
     with open_hdf5(path) as file:
         frame = _open_frame(file, path, key)
@@ -81,7 +83,8 @@ def read_pandas_hdf(path: str | os.PathLike, key: str | None = None, start: int 
             raise UserError(f"{path} key {frame.name}: expected a time range inside [0, {total}), "
                             f"found [{start}, {stop})")
         timestamps = _timestamps(frame, path, start, stop)
-        out = np.empty((stop - start, len(frame.sensor_ids), 1), dtype=np.float32)
+        shape = (stop - start, len(frame.sensor_ids), 1)
+        out = alloc(shape) if alloc else np.empty(shape, dtype=np.float32)
         flat = out.reshape(out.shape[:2])  # a view (F == 1): HDF5 writes into it in place
         rows = min(_CHUNK_ROWS, max(256, total // 32))
         for values, cols in frame.blocks:

@@ -1,0 +1,43 @@
+"""Missing readings, decided in one place: what counts as missing, and one marker for it in the series.
+
+A reading is missing when it is NaN, infinite, or equal to `dataset.null_value` (DCRNN's 0 for speeds);
+`null_value: null` says that every finite reading is real (counts where 0 is a reading, z-scored data).
+Non-finite readings are rewritten once per node to the null value (or to NaN when there is none), so
+that downstream only `observed()` needs to know the rule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_CHUNK = 65536  # steps per pass: the boolean temporaries stay small on a year of PeMS
+
+
+def observed(values: torch.Tensor, null_value: float | None) -> torch.Tensor:
+    """True where a reading is real (finite, and not the null value)."""
+    mask = torch.isfinite(values)
+    if null_value is not None and not math.isnan(null_value):
+        mask &= values != null_value
+    return mask
+
+
+def fill_missing(values: torch.Tensor, null_value: float | None) -> int:
+    """Rewrite NaN and +-inf readings, in place, to the null value (NaN when there is none).
+
+    Returns how many readings it rewrote. Looks before it writes, chunk by chunk, so that a series shared
+    by a node's ranks is written by its creator only, and a clean series is never touched."""
+    marker = float("nan") if null_value is None else float(null_value)
+    count = 0
+    for first in range(0, values.shape[0], _CHUNK):
+        block = values[first:first + _CHUNK]
+        bad = ~torch.isfinite(block)
+        if math.isnan(marker):
+            bad &= ~torch.isnan(block)  # NaN already is the marker
+            count += int(torch.isnan(block).sum())
+        found = int(bad.sum())
+        if found:
+            block.masked_fill_(bad, marker)
+            count += found
+    return count

@@ -1,0 +1,83 @@
+"""What a running job tells its user: rank 0's messages on stdout and in `train.log`, per-epoch metrics in
+`metrics.csv` as they happen (and TensorBoard when asked), and a progress line every few seconds when
+there is no terminal to draw a progress bar on.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+LOG = "train.log"
+METRICS = "metrics.csv"
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, is_main: bool, tensorboard: bool = False, log_every_s: float = 30.0) -> None:
+        self.is_main = is_main
+        self.run_dir = Path(run_dir)
+        self.log_every_s = log_every_s
+        self.interactive = sys.stderr.isatty()
+        self._last_progress = time.monotonic()
+        self._file = None
+        self._writer = None
+        if is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.run_dir / LOG, "a", buffering=1)  # line-buffered: tail -f shows it live
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+                self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def info(self, message: str) -> None:
+        """Rank 0: print and append to train.log."""
+        if not self.is_main:
+            return
+        print(message, flush=True)
+        if self._file is not None:
+            self._file.write(message + "\n")
+
+    def progress_due(self) -> bool:
+        """A progress line is due (no terminal, log_every_s since the last)."""
+        if not self.is_main or self.interactive:
+            return False
+        now = time.monotonic()
+        if now - self._last_progress >= self.log_every_s:
+            self._last_progress = now
+            return True
+        return False
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        """One row of metrics.csv per epoch, flushed at once; the header from the first row's keys."""
+        if not self.is_main:
+            return
+        path = self.run_dir / METRICS
+        new = not path.is_file() or path.stat().st_size == 0
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row), extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self._writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self._writer.add_scalar(key, value, row["epoch"])
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def startup_block(facts: dict[str, Any]) -> str:
+    """One aligned block of what this run is, printed by rank 0 before the first batch."""
+    width = max(len(k) for k in facts) + 1
+    lines = ["stgnn-launch run"] + [f"  {(k + ':'):<{width}} {v}" for k, v in facts.items()]
+    return "\n".join(lines)
