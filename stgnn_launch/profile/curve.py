@@ -1,0 +1,95 @@
+"""Extrapolate a validation-MAE learning curve to the end of full training.
+
+Two saturating forms, each with an asymptote `a`, a scale `b >= 0` and a rate `c > 0`, fitted by
+scipy.optimize.curve_fit (bounded trust-region least squares):
+    inverse_power  y = a + b * x^-c        (power-law learning curves: slow, heavy-tailed saturation)
+    exponential    y = a + b * exp(-c x)   (fast saturation)
+x is training progress in full epochs (epochs x the share of training windows each profiling epoch saw).
+`auto` fits both and keeps the one with the smaller squared error (same parameter count, so this is also
+the smaller AIC). The uncertainty is the delta-method standard deviation of the prediction from the fit's
+parameter covariance; where that is undefined (no more points than parameters, or a fit that failed),
+it is the gap between the prediction and the last observed value.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy.optimize import OptimizeWarning, curve_fit
+
+
+def inverse_power(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    return a + b * np.power(x, -c)
+
+
+def exponential(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    return a + b * np.exp(-c * x)
+
+
+def _inverse_power_gradient(x: float, a: float, b: float, c: float) -> np.ndarray:
+    return np.array([1.0, x ** -c, -b * x ** -c * np.log(x)])
+
+
+def _exponential_gradient(x: float, a: float, b: float, c: float) -> np.ndarray:
+    return np.array([1.0, np.exp(-c * x), -b * x * np.exp(-c * x)])
+
+
+FORMS: dict[str, tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]] = {
+    "inverse_power": (inverse_power, _inverse_power_gradient),
+    "exponential": (exponential, _exponential_gradient),
+}
+
+
+@dataclass(frozen=True)
+class CurveFit:
+    form: str  # inverse_power | exponential | last_value (no fit possible)
+    params: tuple[float, ...]  # (a, b, c)
+    predicted: float  # the curve at the end of full training, never above the best observed value
+    std: float  # uncertainty of `predicted` (see the module docstring)
+    sse: float  # squared error of the fit over the observed points
+
+    def as_dict(self) -> dict:
+        return {"form": self.form, "params": [float(p) for p in self.params], "predicted": float(self.predicted),
+                "std": float(self.std), "sse": float(self.sse)}
+
+
+def fit_form(form: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parameters (a, b, c) and their covariance for one form; raises RuntimeError if the fit fails."""
+    function, _ = FORMS[form]
+    a0 = 0.9 * float(y.min())
+    if form == "inverse_power":
+        c0 = 0.5
+        b0 = max(float(y[0]) - a0, 1e-6) * float(x[0]) ** c0
+    else:
+        c0 = 1.0 / max(float(np.ptp(x)), 1e-6)
+        b0 = max(float(y[0]) - a0, 1e-6) * float(np.exp(c0 * x[0]))
+    bounds = ([0.0, 0.0, 1e-4], [float(y.max()), np.inf, 20.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizeWarning)  # an undefined covariance is handled by the caller
+        params, cov = curve_fit(function, x, y, p0=[a0, b0, c0], bounds=bounds, maxfev=20000)
+    return params, cov
+
+
+def predict_final(x: np.ndarray | list[float], y: np.ndarray | list[float], at: float, form: str = "auto") -> CurveFit:
+    """Fit the learning curve (x: progress in full epochs, y: validation MAE) and predict y at `at`."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    best_seen = float(y.min())
+    fits = []
+    for name in (FORMS if form == "auto" and x.size >= 3 else (form,) if x.size >= 3 else ()):
+        try:
+            params, cov = fit_form(name, x, y)
+        except (RuntimeError, ValueError):  # no convergence
+            continue
+        function, gradient = FORMS[name]
+        sse = float(np.sum((function(x, *params) - y) ** 2))
+        fits.append((sse, name, params, cov, float(function(at, *params)), gradient(at, *params)))
+    if not fits:
+        return CurveFit("last_value", (best_seen, 0.0, 0.0), best_seen, float(abs(y[-1] - best_seen)), 0.0)
+    sse, name, params, cov, value, grad = min(fits, key=lambda fit: fit[0])
+    predicted = min(value, best_seen)  # full training keeps its best epoch: never worse than seen already
+    variance = float(grad @ cov @ grad) if np.all(np.isfinite(cov)) else np.nan
+    std = np.sqrt(variance) if np.isfinite(variance) and variance >= 0 else abs(float(y[-1]) - predicted)
+    return CurveFit(name, tuple(float(p) for p in params), predicted, float(std), sse)

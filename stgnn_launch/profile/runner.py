@@ -1,0 +1,65 @@
+"""Run training configs through the project's launcher and collect their results.json.
+
+launcher=local: one after another, in this process (or under torchrun when gpus > 1);
+launcher=slurm: every run of a phase is submitted at once as a sweep (launch/sweep.py), then followed to its end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from stgnn_launch.config.load import save_run_config
+from stgnn_launch.config.schema import Config
+from stgnn_launch.errors import UserError
+from stgnn_launch.train.record import RESULTS
+
+
+def run_all(jobs: list[tuple[Config, Path]]) -> list[dict[str, Any]]:
+    for cfg, run_dir in jobs:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.run_dir = str(run_dir)
+        save_run_config(cfg, run_dir)
+    if jobs and jobs[0][0].launcher.name == "slurm":
+        _slurm_sweep(jobs)
+    else:
+        for cfg, run_dir in jobs:
+            _run_local(cfg, run_dir)
+    return [read_results(run_dir) for _, run_dir in jobs]
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RESULTS
+    if not path.is_file():
+        raise UserError(f"profile run {run_dir}: expected {RESULTS} at its end, found none (see its log)")
+    return json.loads(path.read_text())
+
+
+def _run_local(cfg: Config, run_dir: Path) -> None:
+    from stgnn_launch.distributed.context import in_torchrun
+
+    if cfg.gpus > 1 and not in_torchrun():
+        from stgnn_launch.launch.local import run_torchrun_locally
+
+        if run_torchrun_locally(cfg, run_dir):
+            raise UserError(f"profile run {run_dir}: expected torchrun to finish, found it failed (see above)")
+        return
+    from stgnn_launch.train.run import run_training
+
+    run_training(cfg, run_dir)
+
+
+def _slurm_sweep(jobs: list[tuple[Config, Path]]) -> None:
+    """Every run as one point of a Slurm sweep (launch/sweep.py: one job each, or a job array with
+    launcher.array_parallelism), followed to the end: the study needs their results."""
+    from stgnn_launch.launch.sweep import Point, Sweep, submit_sweep
+
+    if jobs[0][0].launcher.dry_run:
+        raise UserError("launcher.dry_run: expected false for stgnn-profile (it needs the runs' results), found true")
+    points = []
+    for num, (cfg, run_dir) in enumerate(jobs):
+        cfg.launcher.wait = True
+        points.append(Point(num, [run_dir.name], run_dir.resolve(), cfg))
+    if submit_sweep(Sweep(dir=jobs[0][1].parent.resolve(), job_name="stgnn_profile", points=points)):
+        raise UserError(f"launcher=slurm: expected every profile run in {jobs[0][1].parent} to finish, "
+                        "found some failed (see the states above)")

@@ -1,0 +1,125 @@
+"""stgnn-profile: learning-curve extrapolation, Kendall's tau, candidates, and a tiny study end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import TINY_DATA
+from stgnn_launch.errors import UserError
+from stgnn_launch.profile.candidates import parse_candidates
+from stgnn_launch.profile.config import ProfileConfig
+from stgnn_launch.profile.curve import exponential, inverse_power, predict_final
+from stgnn_launch.profile.rank import kendall_tau, order
+
+
+@pytest.mark.parametrize("form, function, params", [
+    ("inverse_power", inverse_power, (2.5, 1.8, 0.9)),
+    ("exponential", exponential, (3.1, 2.0, 0.45)),
+])
+def test_curve_fit_recovers_known_parameters(form, function, params):
+    rng = np.random.default_rng(0)
+    x = np.arange(1, 13, dtype=float)
+    y = function(x, *params) + rng.normal(0, 0.005, x.size)
+    fit = predict_final(x, y, at=60.0, form=form)
+    assert fit.form == form
+    np.testing.assert_allclose(fit.params, params, rtol=0.08)
+    truth = float(function(60.0, *params))
+    assert abs(fit.predicted - truth) < 0.05
+    assert 0 < fit.std < 0.2
+    assert abs(fit.predicted - truth) < 4 * fit.std + 0.01  # the uncertainty covers the truth
+
+
+@pytest.mark.parametrize("function, params, form", [
+    (inverse_power, (2.0, 3.0, 0.7), "inverse_power"),
+    (exponential, (2.0, 3.0, 0.6), "exponential"),
+])
+def test_auto_picks_the_form_that_generated_the_curve(function, params, form):
+    x = np.arange(1, 9, dtype=float)
+    y = function(x, *params) + np.random.default_rng(1).normal(0, 0.002, x.size)
+    assert predict_final(x, y, at=30.0).form == form
+
+
+def test_prediction_is_never_worse_than_the_best_epoch_seen():
+    y = [3.0, 2.6, 2.4, 2.5, 2.7]  # got worse at the end: full training keeps its best epoch
+    fit = predict_final(np.arange(1, 6, dtype=float), y, at=30.0)
+    assert fit.predicted <= 2.4 + 1e-9
+
+
+def test_kendall_tau_and_order():
+    a = {"p": 3.0, "t": 2.0, "g": 1.0}
+    assert order(a) == ["g", "t", "p"]
+    assert kendall_tau(a, {"p": 30.0, "t": 20.0, "g": 10.0}) == pytest.approx(1.0)
+    assert kendall_tau(a, {"p": 1.0, "t": 2.0, "g": 3.0}) == pytest.approx(-1.0)
+    assert kendall_tau(a, {"p": 3.0, "t": 1.0, "g": 2.0}) == pytest.approx(1 / 3)  # one swapped pair of three
+    assert kendall_tau(a, {"p": 1.0}) is None
+
+
+def test_candidates_builtin_user_class_and_own_hyperparameters():
+    found = parse_candidates(["tgcn", "my_pkg.nets:MyNet",
+                              {"name": "gwnet", "label": "gwnet_small", "params": {"residual_channels": 8}}])
+    assert [c.label for c in found] == ["tgcn", "MyNet", "gwnet_small"]
+    assert found[1].model_group == "custom" and found[1].target == "my_pkg.nets:MyNet"
+    assert found[2].model_group == "gwnet" and found[2].params == {"residual_channels": 8}
+    with pytest.raises(UserError, match="models: expected distinct labels"):
+        parse_candidates(["tgcn", "tgcn"])
+    with pytest.raises(UserError, match=r"models\[0\]: expected keys name"):
+        parse_candidates([{"nme": "tgcn"}])
+
+
+def test_budget_sets_the_profiling_epochs():
+    assert ProfileConfig(full_epochs=30, epochs_fraction=0.2).profile_epochs() == 6
+    assert ProfileConfig(full_epochs=30, epochs_fraction=0.05).profile_epochs() == 4  # min_epochs
+    assert ProfileConfig(full_epochs=30, budget=0.1, train_fraction=0.5).profile_epochs() == 6
+    assert ProfileConfig(full_epochs=30, max_epochs=5).profile_epochs() == 5
+    with pytest.raises(UserError, match="profile.train_fraction: expected a fraction in"):
+        ProfileConfig(train_fraction=0.0)
+
+
+def test_tiny_profile_end_to_end(tmp_path, capsys):
+    from stgnn_launch.cli.profile import profile
+
+    args = [*TINY_DATA, f"dataset.cache_dir={tmp_path / 'cache'}", "trainer.patience=2",
+            "trainer.max_batches_per_epoch=6",  # full epochs of 6 batches, profiling epochs of 3
+            "models=[persistence,{name: tgcn, params: {hidden: 4}},{name: tgcn, label: tgcn_wide, params: {hidden: 12}}]",
+            "profile.full=true", "profile.full_epochs=4", "profile.min_epochs=3", "profile.train_fraction=0.5",
+            f"profile.out_dir={tmp_path / 'study'}"]
+    assert profile(args) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    result = json.loads((tmp_path / "study" / "profile.json").read_text())
+    assert list(result)[-4:] == ["ranking", "predicted_mae", "kendall_tau_predicted_vs_full", "cost_fraction"]
+    assert summary == {k: result[k] for k in list(result)[-4:]}
+    assert sorted(result["ranking"]) == ["persistence", "tgcn", "tgcn_wide"]
+    wide = json.loads((tmp_path / "study" / "profile" / "tgcn_wide" / "results.json").read_text())
+    assert wide["config"]["model"]["params"]["hidden"] == 12  # the candidate's own hyperparameters
+    tgcn = result["models"]["tgcn"]
+    assert tgcn["epochs"] == 3 and len(tgcn["val_mae_curve"]) == 3 and tgcn["train_share"] == 0.5
+    assert tgcn["predicted_mae"] <= min(tgcn["val_mae_curve"]) and tgcn["predicted_std"] >= 0
+    assert tgcn["curve"]["form"] in ("inverse_power", "exponential", "last_value")
+    assert result["models"]["persistence"]["curve"] == {"form": "exact"}
+    assert result["models"]["persistence"]["predicted_mae"] == result["full_val_mae"]["persistence"]
+    assert -1 <= result["kendall_tau_predicted_vs_full"] <= 1
+    assert result["cost_fraction"] == pytest.approx(result["profile_cost_s"] / result["full_cost_s"])
+    assert (tmp_path / "study" / "bump_chart.png").read_bytes()[:4] == b"\x89PNG"
+    assert "persistence" in out and "±" in out
+
+
+def test_too_short_a_curve_falls_back_to_the_best_value_seen():
+    fit = predict_final([1.0, 2.0], [3.0, 2.5], at=10.0)
+    assert fit.form == "last_value" and fit.predicted == 2.5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["profile.curve=cubic"], "profile.curve: expected auto | inverse_power | exponential"),
+    (["models=[]"], "models: expected at least one candidate"),
+    (["dataset=nosuchset"], "config: "),
+])
+def test_bad_study_settings_are_refused_before_any_run(tmp_path, args, message):
+    from stgnn_launch.cli.profile import profile
+
+    with pytest.raises(UserError, match=message):
+        profile([*args, f"profile.out_dir={tmp_path / 'study'}"])
+    assert not (tmp_path / "study").exists()
