@@ -10,6 +10,13 @@ The matrices live in a `SparseOperators` object held as a plain attribute of a m
 buffers or parameters: DDP would broadcast buffers every step and checkpoints should hold learnable
 state only. They are copied lazily to the device of the input on first use, then cached there.
 Nothing here ever builds a dense N x N matrix: the normalizations work on edge lists.
+
+Why not torch_geometric.utils (dense_to_sparse, add_self_loops + gcn_norm, to_torch_csr_tensor), measured
+on 325- and 11,160-node graphs: per call they are no faster than these (the dense -> edge list step, which
+dominates, is the same torch.nonzero; the rest takes milliseconds), and importing torch_geometric adds
+~1.7 s to every process and rank; DCRNN's random walk D^-1 A has no PyG utility (composed from its
+scatter it is no faster); to_torch_csr_tensor saves 3 ms at 11,160 nodes by skipping the coalescing
+(duplicate edges summed) and index checks that `_csr` makes.
 """
 
 from __future__ import annotations
@@ -48,8 +55,9 @@ class Edges:
         adj = np.asarray(adj)
         if adj.ndim != 2 or adj.shape[0] != adj.shape[1]:
             raise ValueError(f"adjacency: expected a square N x N matrix, found shape {adj.shape}")
-        rows, cols = np.nonzero(adj)
-        return cls(rows.astype(np.int64), cols.astype(np.int64), adj[rows, cols].astype(np.float64), adj.shape[0])
+        # torch.nonzero, as torch_geometric.utils.dense_to_sparse does: 5x np.nonzero's speed on 11,160 nodes
+        rows, cols = torch.from_numpy(np.ascontiguousarray(adj)).nonzero().t().numpy()
+        return cls(rows, cols, adj[rows, cols].astype(np.float64), adj.shape[0])
 
     def transpose(self) -> "Edges":
         return Edges(self.cols, self.rows, self.vals, self.n)

@@ -10,11 +10,14 @@ Predictions are in the z-scored space; the trainer de-normalizes them before any
 Models with `trainable = False` (baselines) are fitted once by `fit(train_values, train_observed, train_slots)`:
 z-scored T_train x N x F_out values, a bool mask of the same shape (True = a real reading) and the
 time-of-day slot (0 .. steps_per_day - 1) of each training step.
+A user's own class joins through `model=custom model.target=module:Class` (models/custom.py), a PyG-style
+recurrent graph cell through `model=pyg_recurrent model.cell=module.Class` (models/pyg_recurrent.py).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from dataclasses import dataclass
 from typing import Callable
@@ -59,8 +62,15 @@ def _import_all() -> None:
 
 
 def available_models() -> list[str]:
+    """The models that build from the spec and their defaults alone: every registered one but `custom`,
+    which needs model.target (model_class("custom") still finds it)."""
     _import_all()
-    return sorted(_MODELS)
+    return sorted(name for name, cls in _MODELS.items() if _builds_from_defaults(cls))
+
+
+def _builds_from_defaults(cls: type[nn.Module]) -> bool:
+    params = list(inspect.signature(cls).parameters.values())[1:]  # past spec
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
 
 
 def model_class(name: str) -> type[nn.Module]:
@@ -72,7 +82,8 @@ def model_class(name: str) -> type[nn.Module]:
 
 def build_model(name: str, spec: ModelSpec, hparams: dict) -> nn.Module:
     cls = model_class(name)
-    try:
-        return cls(spec, **hparams)
+    try:  # checked on the signature, so that a TypeError inside a constructor still shows as what it is
+        inspect.signature(cls).bind(spec, **hparams)
     except TypeError as err:
-        raise UserError(f"model {name}: hyperparameters {sorted(hparams)} do not fit: {err}") from err
+        raise UserError(f"model {name}: hyperparameters {sorted(hparams)} do not fit: {err}") from None
+    return cls(spec, **hparams)
