@@ -1,0 +1,90 @@
+"""Sensor checks after loading: readings that are legal but suspicious get a warning, not a refusal.
+
+* Negative readings, where `dataset.null_value` is set: the null-value convention (DCRNN's 0 for a
+  missing speed) is for quantities that cannot be negative, so a negative reading is a broken file or
+  a sign convention the user should know about. With `null_value: null` (centred or z-scored data, such
+  as chickenpox) negative readings are normal and not counted.
+* Constant sensors: every observed reading in the training range is the same value (a stuck sensor);
+  the model can learn nothing from it, and its errors dominate nothing, so the run goes on.
+* Never-observed sensors: no observed reading in the training range. They are masked, not refused:
+  their missing readings count in no loss and no metric (as every missing reading), the model sees the
+  null value as their input, and the warning names them so that they can be dropped from the file.
+
+The checks stream over the series in chunks of steps, so they need no full-size temporary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from stgnn_launch.data.prepare.missing import observed
+
+_CHUNK = 4096
+_SHOWN = 5  # sensor names listed in a warning; the rest are counted
+
+
+def sensor_warnings(values: torch.Tensor, sensor_ids: list[str], feature_names: list[str],
+                    train_ranges: list[tuple[int, int]], null_value: float | None) -> list[str]:
+    """One line per finding (none for a clean series): negative readings over the whole series,
+    constant and never-observed sensors over the training steps `train_ranges`."""
+    warnings = []
+    negative, lowest = _negatives(values, null_value)
+    if negative:
+        warnings.append(f"{negative} readings are negative (lowest {lowest:g}) although dataset.null_value="
+                        f"{null_value:g} marks missing readings of a non-negative quantity: check the file, or set "
+                        "dataset.null_value=null for centred data")
+    seen, low, high = _training_extent(values, train_ranges, null_value)
+    never = _names(seen == 0, sensor_ids, feature_names)
+    constant = _names((seen >= 2) & (low == high), sensor_ids, feature_names)
+    if constant:
+        warnings.append(f"{len(constant)} sensors report one constant value over the training range "
+                        f"({_listing(constant)}): a stuck sensor; nothing can be learnt from it")
+    if never:
+        warnings.append(f"{len(never)} sensors are never observed in the training range ({_listing(never)}): "
+                        "they are masked (no loss, no metric; the model sees the null value as their input)")
+    return warnings
+
+
+def _negatives(values: torch.Tensor, null_value: float | None) -> tuple[int, float]:
+    if null_value is None or math.isnan(null_value):
+        return 0, 0.0
+    count, lowest = 0, 0.0
+    for first in range(0, values.shape[0], _CHUNK):
+        block = values[first:first + _CHUNK].float().cpu()
+        negative = observed(block, null_value) & (block < 0)
+        found = int(negative.sum())
+        if found:
+            count += found
+            lowest = min(lowest, float(block[negative].min()))
+    return count, lowest
+
+
+def _training_extent(values: torch.Tensor, ranges: list[tuple[int, int]],
+                     null_value: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sensor and feature (N x F): observed readings, their minimum and maximum, in `ranges`."""
+    shape = tuple(values.shape[1:])
+    seen = torch.zeros(shape, dtype=torch.int64)
+    low = torch.full(shape, math.inf)
+    high = torch.full(shape, -math.inf)
+    for start, stop in ranges:
+        for first in range(start, stop, _CHUNK):
+            block = values[first:min(stop, first + _CHUNK)].float().cpu()
+            mask = observed(block, null_value)
+            seen += mask.sum(dim=0)
+            low = torch.minimum(low, torch.where(mask, block, math.inf).amin(dim=0))
+            high = torch.maximum(high, torch.where(mask, block, -math.inf).amax(dim=0))
+    return seen, low, high
+
+
+def _names(flags: torch.Tensor, sensor_ids: list[str], feature_names: list[str]) -> list[str]:
+    """Sensor ids where `flags` (N x F) holds; 'id/feature' when the series has several features."""
+    several = len(feature_names) > 1
+    return [f"{sensor_ids[n]}/{feature_names[f]}" if several else sensor_ids[n]
+            for n, f in flags.nonzero().tolist()]
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown if len(names) <= _SHOWN else f"{shown} and {len(names) - _SHOWN} more"
