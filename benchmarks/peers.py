@@ -1,0 +1,476 @@
+"""Side by side against PyTorch Geometric Temporal 0.56.2's index batching (PGT-I), as published, in one run.
+
+Three comparisons on the same synthetic PEMS-BAY-shaped data (325 sensors x 52,116 five-minute steps,
+the real PEMS-BAY graph where ../shared/data has it):
+
+1. batch assembly, one thread, batch 64, shuffled: PGT-I's `get_index_dataset` DataLoader (its
+   `IndexDataset`, per-sample slicing + default collate, over its z-scored T x N x C array of the
+   measured features and time of day) against our batches (gather + finish, `take`); with speed + time
+   of day, then with two measured features + time of day. Also this machine's one-thread memcpy
+   bandwidth, and the bytes of our batches per second as a fraction of it.
+2. one training step (forward, loss, backward, Adam) of our `dcrnn_pgti` against PGT's `BatchedDCRNN`
+   as its indexBatching/DCRNN example trains it: `BatchedDCRNN(2, 2, K=3)`, masked MAE on the
+   de-normalized outputs of all channels. Torch's default thread count for both.
+3. peak RSS of PGT's standard path (`PemsBayDatasetLoader.get_dataset`, then every window copied out
+   into tensors as its batched examples do) against our `batching=standard`, each in a fresh process.
+
+Timings alternate PGT / ours and report the median of the repeats; ratios are what to read.
+
+    python benchmarks/peers.py            # PEMS-BAY shape
+    python benchmarks/peers.py --quick    # small shapes, a smoke test
+
+PGT is installed on first use into benchmarks/.peers (pip --target, git-ignored): the package itself
+with --no-deps, plus dask, which its IndexDataset imports. Nothing of PGT is copied here. The last line
+printed is one JSON object (also written to benchmarks/peers.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+PEERS = HERE / ".peers"
+PGT_VERSION = "0.56.2"
+ADJ_PATH = HERE.parent.parent / "shared" / "data" / "pems-bay" / "adj_mx_bay.pkl"
+START = "2017-01-01T00:00"
+STEPS_PER_DAY = 288
+
+
+# ---- our side: the one place that knows how our batches are built from a Series -------------------
+@dataclass
+class OurData:
+    take: Callable[[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (split, positions) -> (x, y)
+    count: Callable[[str], int]  # windows in a split
+    prepared: object  # stgnn_launch's Prepared: scaler, covariates, starts
+    gather: Callable[[str, torch.Tensor, tuple], tuple]  # the feed thread's host-side work, into `out` buffers
+    part_shapes: Callable[[int], list]  # the staging buffers' shapes and dtypes for a batch size
+
+
+def build_our_source(series, mode: str) -> OurData:
+    """Our `mode` ("index" | "standard") batches of `series`, DCRNN protocol, W = H = 12: take(split,
+    positions) gives x: B x W x N x (F + C) (z-scored readings, time of day) and y: B x H x N x 1 (raw
+    speed), as stgnn-train's data path builds them (gather, then finish, here on the same CPU)."""
+    from stgnn_launch.data.prepare import PrepareSpec, prepare
+
+    prepared = prepare(series, PrepareSpec(window=12, horizon=12, train_ratio=0.7, test_ratio=0.2, null_value=0.0))
+    from stgnn_launch.data.batching import build_source, take
+
+    source = build_source(mode, prepared, torch.device("cpu"))
+    return OurData(lambda split, positions: take(source, split, positions), source.count, prepared,
+                   source.gather, source.part_shapes)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    nodes: int
+    steps: int
+    batch: int  # samples per batch, both sides
+    gather_batches: int  # batches per timed gather run
+    dcrnn_steps: int  # training steps per timed DCRNN run
+    repeats: int  # alternating runs per comparison; the median is reported
+    memcpy_mib: int  # size of the memcpy probe
+
+
+FULL = Sizes(nodes=325, steps=52_116, batch=64, gather_batches=200, dcrnn_steps=1, repeats=5, memcpy_mib=256)
+QUICK = Sizes(nodes=40, steps=3_000, batch=64, gather_batches=10, dcrnn_steps=1, repeats=3, memcpy_mib=16)
+
+
+# ---- data: one synthetic series, seen by both sides -----------------------------------------------
+def synthetic_readings(sizes: Sizes, features: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """T x N x F float32 readings with a daily cycle (speed first; a second feature, flow-like, if asked),
+    ~0.5% missing as zeros, and the T time-of-day fractions of its 5-minute steps from START."""
+    rng = np.random.default_rng(seed)
+    tod = (np.arange(sizes.steps) % STEPS_PER_DAY) / STEPS_PER_DAY
+    rush = np.exp(-((tod - 0.33) ** 2) / 0.002) + np.exp(-((tod - 0.73) ** 2) / 0.003)
+    free = rng.uniform(55, 70, sizes.nodes)
+    speed = free[None, :] - 25 * rush[:, None] * rng.uniform(0.3, 1.0, sizes.nodes)[None, :]
+    columns = [speed + rng.normal(0, 2, (sizes.steps, sizes.nodes))]
+    if features > 1:
+        columns.append(300 + 500 * rush[:, None] + rng.normal(0, 30, (sizes.steps, sizes.nodes)))
+    values = np.stack(columns, axis=-1).astype(np.float32)
+    values[rng.random(values.shape[:2]) < 0.005] = 0.0
+    return values, tod.astype(np.float32)
+
+
+def adjacency(nodes: int) -> np.ndarray:
+    """The real PEMS-BAY graph at 325 sensors when present; else a ring with a few chords."""
+    if nodes == 325 and ADJ_PATH.is_file():
+        from stgnn_launch.data.graph import load_graph
+
+        return load_graph(ADJ_PATH)[0]
+    eye = np.eye(nodes, dtype=np.float32)
+    return eye + 0.6 * np.roll(eye, 1, axis=1) + 0.3 * np.roll(eye, 7, axis=1)
+
+
+def our_series(values: np.ndarray, adj: np.ndarray):
+    from stgnn_launch.data.series import Series, regular_timestamps
+
+    steps, nodes, _ = values.shape
+    return Series(torch.from_numpy(np.ascontiguousarray(values)), regular_timestamps(START, "5min", steps),
+                  [str(i) for i in range(nodes)], adj)
+
+
+def write_pgt_files(folder: Path, values: np.ndarray, tod: np.ndarray, adj: np.ndarray) -> None:
+    """PGT's PEMS-BAY loader reads pems_node_values.npy (T x N x C: measured features, then time of day)
+    and pems_adj_mat.npy from `raw_data_dir`, downloading and unzipping PEMS-BAY.zip only when those are
+    absent. An empty PEMS-BAY.zip placeholder next to our .npy files makes it read our data, unchanged,
+    with no download."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tod_channel = np.broadcast_to(tod[:, None, None], values.shape[:2] + (1,))
+    np.save(folder / "pems_node_values.npy", np.concatenate([values, tod_channel], axis=-1))
+    np.save(folder / "pems_adj_mat.npy", adj.astype(np.float32))
+    (folder / "PEMS-BAY.zip").touch()
+
+
+# ---- PGT, as published -----------------------------------------------------------------------------
+class PeerUnavailable(RuntimeError):
+    """PGT could not be installed (no network, no package index)."""
+
+
+def ensure_pgt() -> Path:
+    """benchmarks/.peers with torch-geometric-temporal==0.56.2 (--no-deps) and dask; installed once."""
+    if (PEERS / f"torch_geometric_temporal-{PGT_VERSION}.dist-info").is_dir():
+        return PEERS
+    staging = Path(tempfile.mkdtemp(prefix=".peers-", dir=HERE))
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", str(staging)]
+    for args in (["--no-deps", f"torch-geometric-temporal=={PGT_VERSION}"], ["dask"]):
+        done = subprocess.run(pip + args, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise PeerUnavailable(f"pip install {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
+    if PEERS.exists():  # a half-finished earlier install
+        import shutil
+
+        shutil.rmtree(PEERS)
+    staging.rename(PEERS)
+    return PEERS
+
+
+def pgt_modules() -> types.SimpleNamespace:
+    """PGT's BatchedDCRNN and PemsBayDatasetLoader, imported from its own files.
+
+    Its package __init__ imports every model, and one (EvolveGCNO) imports torch_sparse, which has no
+    wheel for our torch. So its packages are registered as bare modules (no __init__ run): importing a
+    submodule then runs that file and its own imports only. Nothing else is stubbed."""
+    root = ensure_pgt()
+    if str(root) not in sys.path:
+        sys.path.append(str(root))  # last: our environment's own packages win over pip's copies
+    package = root / "torch_geometric_temporal"
+    for sub in ("", "nn", "nn/recurrent", "dataset"):
+        name = ".".join(["torch_geometric_temporal", *filter(None, sub.split("/"))])
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [str(package / sub)]
+            sys.modules[name] = module
+    dcrnn = importlib.import_module("torch_geometric_temporal.nn.recurrent.dcrnn")
+    pems_bay = importlib.import_module("torch_geometric_temporal.dataset.pems_bay")
+    signal = importlib.import_module("torch_geometric_temporal.signal")
+    return types.SimpleNamespace(BatchedDCRNN=dcrnn.BatchedDCRNN, PemsBayDatasetLoader=pems_bay.PemsBayDatasetLoader,
+                                 temporal_signal_split=signal.temporal_signal_split)
+
+
+def pgt_index_loaders(pgt: types.SimpleNamespace, folder: Path, batch: int) -> tuple:
+    """PGT-I's published single-GPU call: loader(index=True).get_index_dataset(batch_size=..., shuffle)."""
+    loader = pgt.PemsBayDatasetLoader(raw_data_dir=str(folder), index=True)
+    return loader.get_index_dataset(lags=12, batch_size=batch, shuffle=True)
+
+
+def example_masked_mae(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """The loss of PGT-I's DCRNN example (its utils.masked_mae_loss, DCRNN's masked MAE), restated:
+    the mean of |pred - true| * m / mean(m) with m = (true != 0), NaN terms counted as 0."""
+    mask = (true != 0).float()
+    loss = (pred - true).abs() * (mask / mask.mean())
+    return torch.where(torch.isnan(loss), torch.zeros_like(loss), loss).mean()
+
+
+# ---- measurements ----------------------------------------------------------------------------------
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def alternate(repeats: int, a: Callable[[], float], b: Callable[[], float]) -> tuple[float, float]:
+    """Median seconds of a and b, run a, b, a, b, ... after one untimed warm-up each."""
+    a(), b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        times_a.append(a())
+        times_b.append(b())
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+def memcpy_bytes_per_s(mib: int, repeats: int = 7) -> float:
+    """One-thread copy bandwidth: bytes copied per second into a preallocated tensor (median)."""
+    src = torch.rand(mib * 2**18)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return src.nbytes / statistics.median(timed(lambda: dst.copy_(src)) for _ in range(repeats))
+
+
+def gather_comparison(pgt, sizes: Sizes, features: int, folder: Path) -> dict:
+    """Samples per second and batch bytes of PGT-I's DataLoader and our take, same data and batch."""
+    values, tod = synthetic_readings(sizes, features)
+    adj = adjacency(sizes.nodes)
+    write_pgt_files(folder, values, tod, adj)
+    pgt_train, *_, pgt_means, pgt_stds = pgt_index_loaders(pgt, folder, sizes.batch)
+    ours = build_our_source(our_series(values, adj), "index")
+    del values
+
+    n, b, k = ours.count("train"), sizes.batch, sizes.gather_batches
+    if len(pgt_train.dataset) != n:
+        raise AssertionError(f"training windows: PGT-I {len(pgt_train.dataset)}, ours {n}")
+    if n < b * k:
+        raise ValueError(f"{n} training windows: fewer than {k} batches of {b}")
+    px, py = next(iter(pgt_train))
+    ox, oy = ours.take("train", torch.arange(b))
+    if px.shape[:3] != ox.shape[:3] or px.shape[-1] != ox.shape[-1]:
+        raise AssertionError(f"batch shapes differ: PGT-I x {tuple(px.shape)}, ours x {tuple(ox.shape)}")
+    # The same windows: each side's first training window, de-normalized by its own scaler, is the
+    # same readings (PGT-I z-scores with whole-series statistics, we with the training range's).
+    (pgt_x, pgt_y), (our_x, our_y) = pgt_train.dataset[0], ours.take("train", torch.arange(1))
+    scaler = ours.prepared.scaler
+    pgt_raw = pgt_x[..., :features] * pgt_stds[:features] + pgt_means[:features]
+    torch.testing.assert_close(our_x[0, ..., :features] * scaler.std + scaler.mean, pgt_raw, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(our_y[0, ..., 0], pgt_y[..., 0] * pgt_stds[0] + pgt_means[0], rtol=1e-4, atol=1e-3)
+
+    def run_pgt() -> float:
+        batches = iter(pgt_train)  # a fresh shuffle, as each epoch of its example
+        return timed(lambda: [next(batches) for _ in range(k)])
+
+    def run_ours() -> float:
+        def epoch() -> None:
+            order = torch.randperm(n)  # a fresh shuffle, inside the timing as PGT-I's sampler's is
+            for i in range(k):
+                ours.take("train", order[i * b:(i + 1) * b])
+
+        return timed(epoch)
+
+    staging = tuple(torch.empty(shape, dtype=dtype) for shape, dtype in ours.part_shapes(b))
+
+    def run_ours_gather() -> float:
+        """Batch assembly as stgnn-train's feed thread does it: one row gather into a reused staging
+        buffer (normalisation and covariates then run on the compute device, a GPU in production)."""
+        def epoch() -> None:
+            order = torch.randperm(n)
+            for i in range(k):
+                ours.gather("train", order[i * b:(i + 1) * b], staging)
+
+        return timed(epoch)
+
+    pgt_s, ours_s = alternate(sizes.repeats, run_pgt, run_ours)
+    pgt_s2, gather_s = alternate(sizes.repeats, run_pgt, run_ours_gather)
+    return {
+        "features": features,
+        "pgt_samples_per_s": b * k / pgt_s,
+        "ours_samples_per_s": b * k / ours_s,  # gather + finish on this CPU (take)
+        "pgt_samples_per_s_2": b * k / pgt_s2,  # PGT-I again, alternating with the gather-only runs
+        "ours_gather_samples_per_s": b * k / gather_s,
+        "ours_gather_bytes": sum(t.nbytes for t in staging),
+        "pgt_batch_bytes": px.nbytes + py.nbytes,
+        "ours_batch_bytes": ox.nbytes + oy.nbytes,
+        "pgt_batch_shapes": [list(px.shape), list(py.shape)],
+        "ours_batch_shapes": [list(ox.shape), list(oy.shape)],
+    }
+
+
+def dcrnn_comparison(pgt, sizes: Sizes, folder: Path) -> dict:
+    """Seconds per training step: PGT's BatchedDCRNN as its example trains it, and our dcrnn_pgti as
+    stgnn-train does (Trainer.train_epoch), on one batch of each side's own loader (speed + tod)."""
+    from stgnn_launch.models.registry import ModelSpec, build_model
+    from stgnn_launch.train.metrics import masked_mae_loss
+
+    values, tod = synthetic_readings(sizes, 1)
+    adj = adjacency(sizes.nodes)
+    write_pgt_files(folder, values, tod, adj)
+    train, _, _, edges, edge_weights, means, stds = pgt_index_loaders(pgt, folder, sizes.batch)
+    data = build_our_source(our_series(values, adj), "index")
+    prepared = data.prepared
+    del values
+
+    torch.manual_seed(0)
+    pgt_x, pgt_y = next(iter(train))
+    pgt_model = pgt.BatchedDCRNN(2, 2, K=3)  # DCRNN(num_features, num_features, K=3), num_features = 2
+    pgt_opt = torch.optim.Adam(pgt_model.parameters(), lr=0.001)
+
+    def pgt_step() -> None:
+        out = pgt_model(pgt_x, edges, edge_weights)
+        loss = example_masked_mae(out * stds + means, pgt_y * stds + means)
+        pgt_opt.zero_grad()
+        loss.backward()
+        pgt_opt.step()
+        loss.item()
+
+    spec = ModelSpec(num_nodes=sizes.nodes, in_features=prepared.in_features, out_features=1, window=12,
+                     horizon=12, adjacency=adj, steps_per_day=STEPS_PER_DAY, tod_channel=prepared.tod_channel)
+    ours = build_model("dcrnn_pgti", spec, {"K": 3, "hidden": 2})
+    ours_opt = torch.optim.Adam(ours.parameters(), lr=0.001)
+    ours_x, ours_y = data.take("train", torch.randperm(data.count("train"))[:sizes.batch])
+    mean, std = prepared.scaler.mean[:1], prepared.scaler.std[:1]
+
+    def ours_step() -> None:
+        pred = ours(ours_x, targets=(ours_y - mean) / std) * std + mean
+        loss = masked_mae_loss(pred, ours_y, prepared.null_value)
+        ours_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ours_opt.step()
+        loss.item()
+
+    def repeat(step: Callable[[], None]) -> Callable[[], float]:
+        return lambda: timed(lambda: [step() for _ in range(sizes.dcrnn_steps)]) / sizes.dcrnn_steps
+
+    pgt_s, ours_s = alternate(sizes.repeats, repeat(pgt_step), repeat(ours_step))
+    return {"pgt_step_s": pgt_s, "ours_step_s": ours_s, "threads": torch.get_num_threads(),
+            "pgt_output_shape": list(pgt_model(pgt_x, edges, edge_weights).shape),
+            "ours_output_shape": list(ours(ours_x).shape)}
+
+
+# ---- peak memory of the standard paths, each in a fresh process ------------------------------------
+def memory_child(which: str, folder: Path) -> None:
+    """Runs alone in a fresh interpreter; prints its baseline and peak RSS as one JSON line."""
+    def peak() -> int:
+        """VmHWM, this process's peak RSS. Not getrusage's ru_maxrss: Linux carries that over from the
+        forked parent across exec, so every child would report at least the parent's size."""
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+    extra = {}
+    if which == "pgt":
+        # Its batched standard path, as its examples/recurrent/a3tgcn2_example.py trains: get_dataset (a
+        # StaticGraphTemporalSignal whose windows are numpy views of the series), temporal_signal_split,
+        # then np.array(features / targets) copies every window out into tensors for a TensorDataset.
+        pgt = pgt_modules()
+        baseline = peak()
+        dataset = pgt.PemsBayDatasetLoader(raw_data_dir=str(folder)).get_dataset(num_timesteps_in=12, num_timesteps_out=12)
+        extra["get_dataset_peak_rss_bytes"] = peak()
+        parts = pgt.temporal_signal_split(dataset, train_ratio=0.8)
+        loaders = [torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+            torch.from_numpy(np.array(part.features)).type(torch.FloatTensor),
+            torch.from_numpy(np.array(part.targets)).type(torch.FloatTensor)), batch_size=64, shuffle=True)
+            for part in parts]
+        windows = sum(len(loader.dataset) for loader in loaders)
+        next(iter(loaders[0]))
+    else:
+        from stgnn_launch.data.series import Series  # noqa: F401 (the import cost counts in the baseline)
+
+        baseline = peak()
+        stored = np.load(folder / "pems_node_values.npy")
+        adj = np.load(folder / "pems_adj_mat.npy")
+        values = np.ascontiguousarray(stored[..., :-1])  # the measured features; tod comes from timestamps
+        del stored
+        ours = build_our_source(our_series(values, adj), "standard")
+        del values
+        ours.prepared = None  # the series: stgnn-train keeps only the windows in this mode
+        windows = sum(ours.count(s) for s in ("train", "val", "test"))
+        ours.take("train", torch.arange(4))
+    print(json.dumps({"baseline_rss_bytes": baseline, "peak_rss_bytes": peak(), "windows": windows, **extra}))
+
+
+def memory_comparison(sizes: Sizes, folder: Path) -> dict:
+    values, tod = synthetic_readings(sizes, 1)
+    write_pgt_files(folder, values, tod, adjacency(sizes.nodes))
+    del values
+    out = {}
+    for which in ("pgt", "ours"):
+        done = subprocess.run([sys.executable, __file__, "--memory-child", which, "--data", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory child {which} failed:\n{done.stderr[-2000:]}")
+        out[which] = json.loads(done.stdout.strip().splitlines()[-1])
+    if out["pgt"]["windows"] != out["ours"]["windows"]:
+        raise AssertionError(f"windows materialized: PGT {out['pgt']['windows']}, ours {out['ours']['windows']}")
+    return out
+
+
+# ---- report ----------------------------------------------------------------------------------------
+def report(sizes: Sizes, gathers: list[dict], memcpy: float, dcrnn: dict, memory: dict, quick: bool) -> dict:
+    one, two = gathers
+    our_bytes_per_s = one["ours_gather_bytes"] * one["ours_gather_samples_per_s"] / sizes.batch
+    pgt_bytes_per_s = one["pgt_batch_bytes"] * one["pgt_samples_per_s"] / sizes.batch
+    mib = 2**20
+    summary = {
+        # batch assembly on the host: our feed thread's gather vs PGT-I's DataLoader
+        "gather_speedup_vs_pgt": one["ours_gather_samples_per_s"] / one["pgt_samples_per_s_2"],
+        "gather_speedup_vs_pgt_2features": two["ours_gather_samples_per_s"] / two["pgt_samples_per_s_2"],
+        # the finished model input on this CPU: gather + z-score + covariates (on a GPU, the finish runs there)
+        "take_speedup_vs_pgt": one["ours_samples_per_s"] / one["pgt_samples_per_s"],
+        "take_speedup_vs_pgt_2features": two["ours_samples_per_s"] / two["pgt_samples_per_s"],
+        "dcrnn_step_ratio_vs_pgt": dcrnn["ours_step_s"] / dcrnn["pgt_step_s"],
+        "standard_memory_ratio_vs_pgt": memory["ours"]["peak_rss_bytes"] / memory["pgt"]["peak_rss_bytes"],
+        "memcpy_fraction": our_bytes_per_s / memcpy,
+        "pgt_memcpy_fraction": pgt_bytes_per_s / memcpy,
+        "memcpy_bytes_per_s": memcpy,
+        "gather": gathers,
+        "dcrnn": dcrnn,
+        "memory": memory,
+        "sizes": asdict(sizes),
+        "quick": quick,
+        "versions": {"torch": torch.__version__, "torch_geometric_temporal": PGT_VERSION,
+                     "torch_geometric": importlib.import_module("torch_geometric").__version__},
+        "real_graph": sizes.nodes == 325 and ADJ_PATH.is_file(),
+    }
+    print(f"data: {sizes.steps} steps x {sizes.nodes} sensors, batch {sizes.batch}, W = H = 12, "
+          f"median of {sizes.repeats} alternating runs")
+    print(f"{'':44}{'PGT-I':>14}{'ours':>14}{'ours/PGT':>10}")
+    for g in gathers:
+        label = f"gather samples/s, 1 thread, {g['features']} feature(s)+tod"
+        print(f"{label:44}{g['pgt_samples_per_s_2']:14,.0f}{g['ours_gather_samples_per_s']:14,.0f}"
+              f"{g['ours_gather_samples_per_s'] / g['pgt_samples_per_s_2']:10.2f}")
+        label = f"take (gather + CPU finish), {g['features']} feature(s)"
+        print(f"{label:44}{g['pgt_samples_per_s']:14,.0f}{g['ours_samples_per_s']:14,.0f}"
+              f"{g['ours_samples_per_s'] / g['pgt_samples_per_s']:10.2f}")
+    print(f"{'gather fraction of memcpy (' + f'{memcpy / 1e9:.1f} GB/s)':44}"
+          f"{summary['pgt_memcpy_fraction']:14.2f}{summary['memcpy_fraction']:14.2f}")
+    print(f"{'DCRNN train step s, ' + str(dcrnn['threads']) + ' threads':44}{dcrnn['pgt_step_s']:14.3f}"
+          f"{dcrnn['ours_step_s']:14.3f}{summary['dcrnn_step_ratio_vs_pgt']:10.2f}")
+    print(f"{'standard path peak RSS MiB':44}{memory['pgt']['peak_rss_bytes'] / mib:14,.0f}"
+          f"{memory['ours']['peak_rss_bytes'] / mib:14,.0f}{summary['standard_memory_ratio_vs_pgt']:10.2f}")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes: a smoke test")
+    parser.add_argument("--out", default=str(HERE / "peers.json"), help="where to write the JSON summary")
+    parser.add_argument("--memory-child", choices=["pgt", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, Path(args.data))
+        return
+
+    sizes = QUICK if args.quick else FULL
+    pgt = pgt_modules()
+    default_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="stgnn-peers-") as tmp:
+        torch.set_num_threads(1)
+        gathers = [gather_comparison(pgt, sizes, features, Path(tmp) / f"f{features}") for features in (1, 2)]
+        memcpy = memcpy_bytes_per_s(sizes.memcpy_mib)
+        torch.set_num_threads(default_threads)
+        dcrnn = dcrnn_comparison(pgt, sizes, Path(tmp) / "dcrnn")
+        memory = memory_comparison(sizes, Path(tmp) / "memory")
+    summary = report(sizes, gathers, memcpy, dcrnn, memory, args.quick)
+    if not all(math.isfinite(v) and v > 0 for k, v in summary.items() if k.endswith(("_pgt", "fraction"))):
+        raise SystemExit(f"non-positive or non-finite result: {summary}")
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
