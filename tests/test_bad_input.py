@@ -49,8 +49,8 @@ def assert_refused(proc: subprocess.CompletedProcess, message: str, run_dir: Pat
     assert len(errors) == 1, out
     assert re.search(message, errors[0]), errors[0]
     assert "Traceback" not in out, out
-    if left == REMOVED:
-        assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())
+    if left == REMOVED or not run_dir.exists():  # refused before the run started (the planner reads the
+        assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())  # file's shape first): gone
     else:
         assert (run_dir / "failed.json").is_file() and not (run_dir / "results.json").exists()
         failure = json.loads((run_dir / "failed.json").read_text())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import compose_config, random_series, shared_file
-from stgnn_launch.data.prepare import prepare, split_starts_tgcn
+from stgnn_launch.data.prepare import PrepareSpec, prepare, split_starts_tgcn
 from stgnn_launch.errors import UserError
 from stgnn_launch.train.metrics import MetricSums
 
@@ -50,8 +50,7 @@ def test_tgcn_split_with_stride_and_errors():
 def test_tgcn_prepare_fits_scaler_on_training_inputs_only():
     series = random_series(steps=1000, nodes=4, missing=0.0)
     series.values[640:] += 500.0  # validation and test far away: must not move the scaler
-    prepared = prepare(series, window=12, horizon=12, stride=1, train_ratio=0.7, test_ratio=0.2,
-                       null_value=0.0, day_of_week=False, split="tgcn", val_ratio_of_train=0.2)
+    prepared = prepare(series, PrepareSpec(split="tgcn", val_ratio_of_train=0.2))
     assert prepared.starts["val"][0] == 640 and prepared.starts["test"][0] == 800
     stop = int(prepared.starts["train"][-1]) + 12  # = 628: the training windows' inputs
     assert stop == 628
@@ -59,8 +58,7 @@ def test_tgcn_prepare_fits_scaler_on_training_inputs_only():
     assert prepared.scaler.mean.item() == pytest.approx(head.mean(), abs=1e-3)
     assert prepared.scaler.std.item() == pytest.approx(head.std(), abs=1e-3)
     with pytest.raises(UserError, match="dataset.split"):
-        prepare(series, window=12, horizon=12, stride=1, train_ratio=0.7, test_ratio=0.2, null_value=0.0,
-                day_of_week=False, split="random")
+        prepare(series, PrepareSpec(split="random"))
 
 
 def test_split_option_is_validated_and_dcrnn_stays_the_default():

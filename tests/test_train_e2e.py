@@ -99,3 +99,16 @@ def test_results_json_is_strict_json_and_a_failed_run_is_marked(tmp_path):
         run_training(cfg, tmp_path / "bad")
     failed = json.loads((tmp_path / "bad" / "failed.json").read_text())
     assert "model.params.hidden" in failed["error"] and not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_predictions_are_saved_denormalised_in_window_order(tmp_path):
+    import numpy as np
+
+    record = train(tmp_path, "run", "trainer.max_epochs=1", "trainer.save_predictions=true")
+    saved = np.load(tmp_path / "run" / "predictions.npz")
+    windows = record["dataset"]["windows"]["test"]
+    assert saved["predictions"].shape == saved["targets"].shape == saved["mask"].shape == (windows, 12, 10, 1)
+    mask = saved["mask"]
+    mae = np.abs(saved["predictions"] - saved["targets"])[mask].mean()
+    assert abs(mae - record["test"]["avg"]["mae"]) < 1e-4 and mask.sum() == record["test"]["avg"]["count"]
+    assert 20 < saved["targets"][mask].mean() < 90  # speeds in mph: de-normalised, not z-scores

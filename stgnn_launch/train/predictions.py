@@ -22,7 +22,7 @@ def save_predictions(trainer, split: str, path: Path) -> None:
     preds, targets = [], []
     for x, y in trainer.feed.batches(split, positions):
         preds.append(trainer._predict(trainer.model, x, None).cpu())
-        targets.append(y.cpu())
+        targets.append(y.to("cpu", copy=True))  # a view of a staging buffer the feed reuses
     mine = (torch.cat(preds).numpy(), torch.cat(targets).numpy())
     parts = [mine]
     if ctx.distributed:  # rank blocks are contiguous and in rank order: concatenation is window order

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stgnn_launch.errors import UserError
+
 LOG = "train.log"
 METRICS = "metrics.csv"
 
@@ -28,8 +30,11 @@ class RunLog:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._file = open(self.run_dir / LOG, "a", buffering=1)  # line-buffered: tail -f shows it live
             if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError:
+                    raise UserError("trainer.tensorboard: expected the tensorboard package (pip install "
+                                    "'stgnn-launch[tensorboard]' or tensorboard), found it missing") from None
                 self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def info(self, message: str) -> None:
