@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from stgnn_launch.errors import expect
+from stgnn_launch.models.checkpointing import maybe_checkpoint
 from stgnn_launch.models.graph_ops import (
     SparseMatrix,
     SparseOperators,
@@ -130,7 +131,7 @@ class DCRNN(nn.Module):
     @staticmethod
     def _step(cells: nn.ModuleList, inp: Tensor, states: list[Tensor], supports: list[SparseMatrix]) -> Tensor:
         for layer, cell in enumerate(cells):
-            states[layer] = inp = cell(inp, states[layer], supports)
+            states[layer] = inp = maybe_checkpoint(cell, cell, inp, states[layer], supports)
         return inp
 
     def forward(self, x: Tensor, targets: Tensor | None = None) -> Tensor:

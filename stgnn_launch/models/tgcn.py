@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from stgnn_launch.errors import expect
+from stgnn_launch.models.checkpointing import maybe_checkpoint
 from stgnn_launch.models.graph_ops import SparseMatrix, SparseOperators, gcn_normalized, spmm_nodes
 from stgnn_launch.models.registry import ModelSpec, register
 
@@ -63,7 +64,7 @@ class TGCN(nn.Module):
         h = x.new_zeros(nodes, batch, self.hidden)
         states = []
         for t in range(window):
-            h = self.cell(steps[t], h, a_hat)
+            h = maybe_checkpoint(self.cell, self.cell, steps[t], h, a_hat)
             states.append(h)
         return states
 
