@@ -27,6 +27,7 @@ from stgnn_launch.distributed.context import DistContext, RankEnv, init_distribu
 from stgnn_launch.errors import UserError
 from stgnn_launch.models.checkpointing import enable_activation_checkpointing
 from stgnn_launch.models.registry import ModelSpec, build_model, model_class
+from stgnn_launch.memory import SIDE_BASELINE_READINGS
 from stgnn_launch.plan import Machine, Plan, apply_threads, make_plan
 from stgnn_launch.train.metrics import MetricSums
 from stgnn_launch.train.preemption import Preempted
@@ -88,7 +89,10 @@ def build_baselines(cfg: Config, plan: Plan, prepared: Prepared, spec: ModelSpec
     if cfg.model.name != "persistence":
         baselines["persistence"] = Persistence(spec).to(device)
     slots = prepared.steps_per_day is not None and prepared.tod_channel is not None
-    if slots and plan.shard != "time" and cfg.model.name != "historical_average":
+    # Its fit is a pass with full-size temporaries over the training range: beside the model only where that
+    # stays small (a year of PeMS would add GBs per rank); model=historical_average itself always fits.
+    small = prepared.values[:int(prepared.starts["train"][-1]) + prepared.window].numel() <= SIDE_BASELINE_READINGS
+    if slots and small and plan.shard != "time" and cfg.model.name != "historical_average":
         average = HistoricalAverage(spec).to(device)
         fit_baseline(average, prepared, device)
         baselines["historical_average"] = average
