@@ -7,6 +7,7 @@ to the local one-node cluster (tests/slurm_cluster.py).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -244,6 +245,13 @@ def test_sweep_returns_while_its_jobs_run(slurm_cluster, workdir):
         assert wait_for_job(job_id, timeout=300, poll_s=2) == "COMPLETED", states
     records = check_results(manifest)
     assert records[0]["test"]["avg"]["mae"] != records[1]["test"]["avg"]["mae"]  # two seeds, two runs
+    # and stgnn-report collects the finished sweep: both points done, one CSV row each
+    report = subprocess.run([sys.executable, "-m", "stgnn_launch.cli.report", str(workdir / "sweep")],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stdout + report.stderr
+    rows = list(csv.DictReader(open(workdir / "sweep" / "report.csv")))
+    assert len(rows) == 2 and {r["seed"] for r in rows} == {"0", "1"}
+    assert (workdir / "sweep" / "report.md").is_file() and (workdir / "sweep" / "speedup.png").is_file()
 
 
 @pytest.mark.slurm
