@@ -41,8 +41,11 @@ SIZES = {  # each dominated by a different term: the runtime, standard's windows
 def test_estimate_within_25_percent_of_the_measured_peak(size, tmp_path):
     overrides = (*SIZES[size], *QUICK)
     run = tmp_path / "run"
-    out = _run("stgnn_launch.cli.train", *overrides, f"hydra.run.dir={run}", cache=tmp_path / "cache", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+    for attempt in ("first", "measured"):  # the first run also generates the synthetic file: not measured
+        run = tmp_path / attempt
+        out = _run("stgnn_launch.cli.train", *overrides, f"hydra.run.dir={run}", cache=tmp_path / "cache",
+                   cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
     measured = json.loads((run / "results.json").read_text())["peak_rss_bytes"]  # getrusage of the run
     estimate = plan_memory(compose_config(*overrides))
     assert estimate.fits

@@ -141,7 +141,7 @@ class TrainerConfig:
     clip_grad_norm: float = 5.0  # 0 disables clipping
     patience: int = 10  # epochs without a better validation MAE before stopping
     seed: int = 0
-    deterministic: bool = False  # torch.use_deterministic_algorithms
+    deterministic: bool = False  # deterministic kernels, and each gradient all-reduced alone (bitwise resumes)
     bf16: bool = False  # autocast to bfloat16 on CUDA
     tf32: bool = True  # TF32 matmuls and convolutions on GPUs that have them (Ampere and later)
     compile: bool = False  # torch.compile the model (fewer kernel launches where steps are launch-bound)

@@ -120,17 +120,22 @@ def stop_ranks_at_step_boundary(grace_s: float = STOP_GRACE_S) -> None:
     """SIGUSR1 to this node's ranks: they vote at the next step boundary (one signalled rank stops them
     all), rank 0 writes a step checkpoint, and they exit; wait for torchrun to end, at most `grace_s`."""
     proc = _RUNNING.get("torchrun")
-    if proc is None or proc.poll() is not None:
+    if proc is None or proc.returncode is not None:
         return
-    for pid in _descendants(proc.pid):
+    ranks = _descendants(proc.pid)
+    for pid in ranks:
         try:
             os.kill(pid, signal.SIGUSR1)
         except OSError:
             pass
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        print(f"ranks did not stop within {grace_s:.0f}s; the job resumes from the last checkpoint", flush=True)
+    # Not proc.wait(): this runs in a signal handler that interrupted a proc.wait() holding its lock.
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        running = _processes()
+        if not any(running.get(pid, (None, None))[1] == started for pid, started in ranks.items()):
+            return
+        time.sleep(0.5)
+    print(f"ranks did not stop within {grace_s:.0f}s; the job resumes from the last checkpoint", flush=True)
 
 
 def run_torchrun(cmd: list[str], env: dict[str, str], ignore: signal.Signals | None = None) -> int:

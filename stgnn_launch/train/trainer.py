@@ -64,7 +64,10 @@ class _CommTimer:
     def __init__(self) -> None:
         self.seconds = 0.0
 
-    def hook(self):
+    def hook(self, per_tensor: bool = False):
+        """per_tensor: each gradient reduced on its own, so that its sum never depends on where it sits in
+        a bucket (a ring all-reduce adds the ranks' values in an order set by the chunk an element falls in,
+        and DDP rebuilds its buckets after the first step: a resumed run would round differently at 3+ ranks)."""
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
         def timed_allreduce(state, bucket):  # no annotations: DDP checks them, and ours are strings
@@ -76,7 +79,21 @@ class _CommTimer:
 
             return default_hooks.allreduce_hook(state, bucket).then(done)
 
-        return timed_allreduce
+        def per_tensor_allreduce(state, bucket):
+            started = time.perf_counter()
+            buffer, offset, works = bucket.buffer(), 0, []
+            for grad in bucket.gradients():
+                works.append(dist.all_reduce(buffer[offset:offset + grad.numel()], async_op=True))
+                offset += grad.numel()
+            for work in works:
+                work.wait()
+            buffer.div_(dist.get_world_size())
+            self.seconds += time.perf_counter() - started
+            future = torch.futures.Future()
+            future.set_result(buffer)
+            return future
+
+        return per_tensor_allreduce if per_tensor else timed_allreduce
 
 
 class Trainer:
@@ -104,7 +121,7 @@ class Trainer:
             if ctx.distributed:
                 self.network = DistributedDataParallel(
                     model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-                self.network.register_comm_hook(None, self.comm.hook())
+                self.network.register_comm_hook(None, self.comm.hook(per_tensor=cfg.trainer.deterministic))
             if cfg.trainer.compile:
                 self.network = torch.compile(self.network)
         self.scaler_mean = prepared.scaler.mean[: prepared.out_features].to(ctx.device)
@@ -140,7 +157,9 @@ class Trainer:
         done = self.in_epoch if self.in_epoch and self.in_epoch["epoch"] == epoch else {}
         self.in_epoch = None
         first = done.get("step", 0)
-        loss_sum = torch.tensor(done.get("loss_sum", 0.0), dtype=torch.float64, device=self.ctx.device)
+        # the saved partial sum is over all ranks: rank 0 carries it, the others restart from 0
+        carried = done.get("loss_sum", 0.0) if self.ctx.is_main else 0.0
+        loss_sum = torch.tensor(carried, dtype=torch.float64, device=self.ctx.device)
         wait0 = self.feed.wait_s - done.get("data_wait_s", 0.0)
         comm0 = self.comm.seconds - done.get("allreduce_s", 0.0)
         started = time.perf_counter() - done.get("elapsed_s", 0.0)
@@ -160,9 +179,9 @@ class Trainer:
                 self.log.info(f"epoch {epoch}: step {step}/{len(shards)}  train_loss {float(loss_sum) / step:.4f}  "
                               f"{time.perf_counter() - started:.0f}s")
             if step < len(shards):
-                self._maybe_stop(epoch, step, {"loss_sum": float(loss_sum), "elapsed_s": time.perf_counter() - started,
-                                               "data_wait_s": self.feed.wait_s - wait0,
-                                               "allreduce_s": self.comm.seconds - comm0})
+                self._maybe_stop(epoch, step, loss_sum, {"elapsed_s": time.perf_counter() - started,
+                                                         "data_wait_s": self.feed.wait_s - wait0,
+                                                         "allreduce_s": self.comm.seconds - comm0})
         bar.close()
         self.scheduler.step()
         elapsed = time.perf_counter() - started
@@ -202,12 +221,13 @@ class Trainer:
         """Masked MAE, RMSE and MAPE at horizons 3, 6, 12 and pooled ("avg")."""
         return self.evaluate_sums(split)["model"].result()
 
-    def _maybe_stop(self, epoch: int, step: int, progress: dict[str, float]) -> None:
+    def _maybe_stop(self, epoch: int, step: int, loss_sum: torch.Tensor, progress: dict[str, float]) -> None:
         """At a step boundary: a step checkpoint when a rank was signalled or one is due; stop if signalled."""
         stop, periodic = vote_any(list(self.stop.after_step(epoch, step, self.ctx.is_main)), self.ctx)
         if not (stop or periodic):
             return
-        in_epoch = {"epoch": epoch, "step": step, **progress}
+        total = float(all_reduce_sum(loss_sum.detach().clone(), self.ctx))  # every rank's partial sum
+        in_epoch = {"epoch": epoch, "step": step, "loss_sum": total, **progress}
         self._save(epoch - 1, improved=False, in_epoch=in_epoch)
         self.stop.checkpointed()
         if stop:
