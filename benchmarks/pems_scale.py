@@ -35,16 +35,16 @@ CACHE = Path.home() / ".cache" / "stgnn-launch" / "pems_scale"
 
 def child_load(nodes: int, steps: int) -> None:
     """Runs in a fresh interpreter: the index path's load (read, fill missing, split + scaler)."""
-    import resource
 
     import torch
 
     from stgnn_launch.config.schema import DatasetConfig
     from stgnn_launch.data.datasets import load_dataset
     from stgnn_launch.data.prepare import PrepareSpec, fill_missing, prepare
+    from stgnn_launch.train.record import peak_rss_bytes  # VmHWM: ru_maxrss can carry the parent's peak
 
     torch.set_num_threads(1)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_rss_bytes()
     started = time.perf_counter()
     series = load_dataset(DatasetConfig(num_nodes=nodes, num_steps=steps, cache_dir=str(CACHE)))
     fill_missing(series.values, 0.0)
@@ -52,7 +52,7 @@ def child_load(nodes: int, steps: int) -> None:
     seconds = time.perf_counter() - started
     print(json.dumps({"load_s": seconds, "series_bytes": prepared.values.nbytes,
                       "startup_rss_bytes": before,
-                      "load_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "load_peak_rss_bytes": peak_rss_bytes()}))
 
 
 def pss_of_tree(root: int) -> int:

@@ -19,8 +19,15 @@ FAILED = "failed.json"  # a run that stopped with an error: its message, for the
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set size: VmHWM from /proc (per address space, so it starts afresh at
+    exec; getrusage's ru_maxrss can carry the parent's peak at fork into a child), else getrusage."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kilobytes
 
 
 def git_sha() -> str | None:
