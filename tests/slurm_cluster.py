@@ -441,3 +441,16 @@ def submit(args, env: Optional[Mapping[str, str]] = None) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"sbatch {' '.join(map(str, args))} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout.strip().split(";")[0]
+
+
+@pytest.fixture
+def workdir(slurm_cluster, tmp_path):
+    """The test's folder, where its jobs run; any of them still queued or running at the end is cancelled
+    (a failed test must not leave jobs holding the node's cores)."""
+    yield tmp_path
+    proc = subprocess.run(["squeue", "-h", "-o", "%A %Z"], capture_output=True, text=True, timeout=30,
+                          env=slurm_cluster.env())
+    for line in proc.stdout.splitlines():
+        job_id, _, folder = line.strip().partition(" ")
+        if folder.startswith(str(tmp_path)):
+            subprocess.run(["scancel", job_id], timeout=30, check=False, env=slurm_cluster.env())

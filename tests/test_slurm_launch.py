@@ -27,9 +27,9 @@ from stgnn_launch.launch import slurm
 from stgnn_launch.launch.slurm import TorchrunJob, rdzv_port, slurm_parameters
 
 try:  # tests/ on sys.path (conftest.py puts it there)
-    from slurm_cluster import job_info, slurm_cluster, submit, wait_for_job  # noqa: F401
+    from slurm_cluster import job_info, slurm_cluster, submit, wait_for_job, workdir  # noqa: F401
 except ImportError:  # tests/ as a package
-    from tests.slurm_cluster import job_info, slurm_cluster, submit, wait_for_job  # noqa: F401
+    from tests.slurm_cluster import job_info, slurm_cluster, submit, wait_for_job, workdir  # noqa: F401
 
 TWO_CPU_RANKS = ("launcher=slurm", "launcher.cpu=true", "gpus=2", "launcher.gpus_per_node=2", "batching=dist_index")
 
@@ -117,17 +117,6 @@ def test_torchrun_and_its_ranks_do_not_outlive_the_node_task(tmp_path):
         state = "gone"
     assert state in ("gone", "Z", "X"), f"rank {rank} still running ({state})"
 
-
-@pytest.fixture
-def workdir(slurm_cluster, tmp_path):
-    """The test's folder, where its jobs run; any of them still queued or running at the end is cancelled
-    (a failed test must not leave a job holding the node's cores)."""
-    yield tmp_path
-    proc = subprocess.run(["squeue", "-h", "-o", "%A %Z"], capture_output=True, text=True, timeout=30)
-    for line in proc.stdout.splitlines():
-        job_id, _, folder = line.strip().partition(" ")
-        if folder.startswith(str(tmp_path)):
-            subprocess.run(["scancel", job_id], timeout=30, check=False)
 
 
 def read_results(run_dir: Path) -> dict:

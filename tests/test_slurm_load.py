@@ -21,9 +21,9 @@ import pytest
 from helpers import TINY_DATA
 
 try:  # tests/ on sys.path (conftest.py puts it there)
-    from slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401
+    from slurm_cluster import slurm_cluster, wait_for_job, workdir  # noqa: F401
 except ImportError:  # tests/ as a package
-    from tests.slurm_cluster import slurm_cluster, wait_for_job  # noqa: F401
+    from tests.slurm_cluster import slurm_cluster, wait_for_job, workdir  # noqa: F401
 
 JOBS = 20
 SUBMITTERS = 5  # stgnn-train processes submitting at the same time (each imports torch: ~2 s of CPU)
@@ -35,18 +35,6 @@ def submit_cmd(cluster, run_dir: Path, seed: int) -> list[str]:
     return [sys.executable, "-m", "stgnn_launch.cli.train", *MINIMAL, f"launcher.partition={cluster.partition}",
             f"trainer.seed={seed}", f"hydra.run.dir={run_dir}"]
 
-
-@pytest.fixture
-def workdir(slurm_cluster, tmp_path):
-    """Where the jobs run; any still queued or running at the end is cancelled (a failed test must not
-    leave 20 jobs holding the node)."""
-    yield tmp_path
-    proc = subprocess.run(["squeue", "-h", "-o", "%A %Z"], capture_output=True, text=True, timeout=30,
-                          env=slurm_cluster.env())
-    for line in proc.stdout.splitlines():
-        job_id, _, folder = line.strip().partition(" ")
-        if folder.startswith(str(tmp_path)):
-            subprocess.run(["scancel", job_id], timeout=30, check=False, env=slurm_cluster.env())
 
 
 @pytest.mark.slurm

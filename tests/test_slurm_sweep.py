@@ -25,9 +25,9 @@ from stgnn_launch.errors import UserError
 from stgnn_launch.launch import slurm, sweep
 
 try:  # tests/ on sys.path (conftest.py puts it there)
-    from slurm_cluster import job_info, sacct_state, slurm_cluster, wait_for_job  # noqa: F401
+    from slurm_cluster import job_info, sacct_state, slurm_cluster, wait_for_job, workdir  # noqa: F401
 except ImportError:  # tests/ as a package
-    from tests.slurm_cluster import job_info, sacct_state, slurm_cluster, wait_for_job  # noqa: F401
+    from tests.slurm_cluster import job_info, sacct_state, slurm_cluster, wait_for_job, workdir  # noqa: F401
 
 ONE_CPU_RANK = ("launcher=slurm", "launcher.cpu=true", "launcher.gpus_per_node=1", "gpus=1")
 SHORT = (*TINY, "dataset.num_steps=300", "trainer.max_epochs=1", "launcher.time_min=5")
@@ -197,16 +197,6 @@ def test_a_bad_point_refuses_the_whole_sweep(tmp_path):
 
 # ---- on the local cluster ---------------------------------------------------------------------------
 
-
-@pytest.fixture
-def workdir(slurm_cluster, tmp_path):
-    """The test's folder, where its jobs run; any of them still queued or running at the end is cancelled."""
-    yield tmp_path
-    proc = subprocess.run(["squeue", "-h", "-o", "%A %Z"], capture_output=True, text=True, timeout=30)
-    for line in proc.stdout.splitlines():
-        job_id, _, folder = line.strip().partition(" ")
-        if folder.startswith(str(tmp_path)):
-            subprocess.run(["scancel", job_id], timeout=30, check=False)
 
 
 def stgnn_sweep(cluster, workdir: Path, *overrides: str, timeout: float = 120) -> subprocess.CompletedProcess:

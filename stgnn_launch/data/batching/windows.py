@@ -54,8 +54,6 @@ class Finisher:
     def __init__(self, prepared: Prepared, device: torch.device) -> None:
         self.window, self.horizon = prepared.window, prepared.horizon
         self.out_features = prepared.out_features
-        self.mean = prepared.scaler.mean.to(device)
-        self.std = prepared.scaler.std.to(device)
         # float32 values as Python floats: exact, and scalar arithmetic gives the bitwise same results
         self.mean_values = [float(v) for v in prepared.scaler.mean]
         self.std_values = [float(v) for v in prepared.scaler.std]
@@ -65,7 +63,7 @@ class Finisher:
         self.zero_nan_inputs = prepared.null_value is None
 
     def to(self, device: torch.device) -> "Finisher":
-        for name in ("mean", "std", "covariates", "offsets"):
+        for name in ("covariates", "offsets"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
