@@ -317,7 +317,7 @@ def dcrnn_comparison(pgt, sizes: Sizes, folder: Path) -> dict:
         loss.item()
 
     spec = ModelSpec(num_nodes=sizes.nodes, in_features=prepared.in_features, out_features=1, window=12,
-                     horizon=12, adjacency=adj, steps_per_day=STEPS_PER_DAY, tod_channel=prepared.tod_channel)
+                     horizon=12, graph=adj, steps_per_day=STEPS_PER_DAY, tod_channel=prepared.tod_channel)
     ours = build_model("dcrnn_pgti", spec, {"K": 3, "hidden": 2})
     ours_opt = torch.optim.Adam(ours.parameters(), lr=0.001)
     ours_x, ours_y = data.take("train", torch.randperm(data.count("train"))[:sizes.batch])

@@ -169,7 +169,7 @@ def build(*overrides: str):
     """The model as the trainer builds it (build_model from the composed config), on a 10-node spec."""
     cfg = compose_config(*TINY_DATA, *overrides)
     spec = ModelSpec(num_nodes=10, in_features=2, out_features=1, window=12, horizon=12,
-                     adjacency=np.eye(10, dtype=np.float32), steps_per_day=288, tod_channel=1)
+                     graph=np.eye(10, dtype=np.float32), steps_per_day=288, tod_channel=1)
     return build_model(cfg.model.name, spec, dict(cfg.model.params))
 
 

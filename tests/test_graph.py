@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from stgnn_launch.data.graph import (
+    SparseGraph,
     gaussian_kernel_adjacency,
     load_graph,
     read_sensor_ids,
@@ -207,3 +209,39 @@ def test_read_sensor_ids_forms(tmp_path: Path) -> None:
     assert read_sensor_ids(tmp_path / "plain.csv") == ["S7", "S8"]
     with pytest.raises(UserError, match="repeated"):
         read_sensor_ids(tmp_path / "twice.txt")
+
+
+# -- the edge list a graph is kept as ----------------------------------------------------------------------
+
+def test_sparse_graph_from_row_blocks_matches_dense(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    dense = np.where(rng.random((37, 37)) < 0.15, rng.random((37, 37)), 0).astype(np.float32)
+    whole = SparseGraph.from_dense(dense)
+    blocks = SparseGraph.from_row_blocks(37, lambda a, b: dense[a:b], block_bytes=5 * 37 * 4)  # 5 rows a block
+    assert whole.equals(blocks) and whole.num_edges == np.count_nonzero(dense)
+    assert np.all(np.diff(whole.rows) >= 0)  # row-major, as the models' operators expect
+    np.testing.assert_array_equal(whole.dense(), dense)
+    np.testing.assert_array_equal(whole.dense_rows(10, 20), dense[10:20])
+    edge_index, weight = whole.edge_index()
+    assert edge_index.shape == (2, whole.num_edges) and weight.dtype == torch.float32
+    assert torch.equal(edge_index[0], torch.from_numpy(np.nonzero(dense)[0]))
+
+
+def test_native_file_graph_is_read_as_an_edge_list(tmp_path: Path) -> None:
+    from stgnn_launch.data.readers.hdf5_native import read_native, write_series
+    from stgnn_launch.data.series import Series
+
+    n = 300  # the stored N x N is chunked by rows; the reader converts it block by block
+    rng = np.random.default_rng(0)
+    dense = np.where(rng.random((n, n)) < 0.02, rng.random((n, n)), 0).astype(np.float32)
+    series = Series(torch.rand(10, n, 1), np.arange(10).astype("datetime64[m]"), [str(i) for i in range(n)], dense)
+    back = read_native(write_series(tmp_path / "s.h5", series))
+    assert isinstance(back.graph, SparseGraph) and back.graph.equals(SparseGraph.from_dense(dense))
+    np.testing.assert_array_equal(back.adjacency, dense)
+
+
+def test_sparse_graph_refuses_bad_edges() -> None:
+    with pytest.raises(UserError, match=r"graph edge list: expected node indices in \[0, 3\), found 0..3"):
+        SparseGraph(np.array([0, 3]), np.array([1, 2]), np.array([1.0, 1.0]), 3)
+    with pytest.raises(UserError, match="expected rows, cols and weights of one length"):
+        SparseGraph(np.array([0, 1]), np.array([1]), np.array([1.0, 1.0]), 3)

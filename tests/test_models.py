@@ -55,7 +55,7 @@ def random_adjacency(n: int = N, seed: int = 0) -> np.ndarray:
 
 def make_spec(n: int = N, steps_per_day: int = STEPS_PER_DAY) -> ModelSpec:
     return ModelSpec(num_nodes=n, in_features=F_IN, out_features=F_OUT, window=W, horizon=H,
-                     adjacency=random_adjacency(n), steps_per_day=steps_per_day, tod_channel=TOD)
+                     graph=random_adjacency(n), steps_per_day=steps_per_day, tod_channel=TOD)
 
 
 def make_batch(n: int = N, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,7 +83,7 @@ def test_dcrnn_pgti_matches_its_cell_rollout_values_and_gradients(in_features, o
     adj = (rng.random((n, n)) < 0.4) * rng.random((n, n))
     np.fill_diagonal(adj, 1.0)
     spec = ModelSpec(num_nodes=n, in_features=in_features, out_features=out_features, window=5, horizon=4,
-                     adjacency=adj.astype(np.float32), steps_per_day=288, tod_channel=tod_channel)
+                     graph=adj.astype(np.float32), steps_per_day=288, tod_channel=tod_channel)
     torch.manual_seed(0)
     model = build_model("dcrnn_pgti", spec, {"K": K, "hidden": hidden}).double()
     x = torch.randn(3, 5, n, in_features, dtype=torch.float64, requires_grad=True)

@@ -61,7 +61,7 @@ def user_cells(tmp_path_factory) -> Path:
 
 def ring_spec(nodes: int = 6) -> ModelSpec:
     adjacency = (np.roll(np.eye(nodes), 1, axis=1) + 0.5 * np.roll(np.eye(nodes), -1, axis=1)).astype(np.float32)
-    return ModelSpec(num_nodes=nodes, in_features=2, out_features=1, window=5, horizon=3, adjacency=adjacency,
+    return ModelSpec(num_nodes=nodes, in_features=2, out_features=1, window=5, horizon=3, graph=adjacency,
                      steps_per_day=288, tod_channel=1)
 
 

@@ -58,8 +58,8 @@ def _inspect(args: argparse.Namespace) -> None:
         return
     series = read_series(path, key=args.key, start=args.start, freq=args.freq, axis_order=args.axis_order)
     print(format_summary({"file": str(path), **describe_series(series)}))
-    if series.adjacency is not None:
-        print(format_summary({"graph": "stored", **describe_graph(series.adjacency)}))
+    if series.graph is not None:
+        print(format_summary({"graph": "stored", **describe_graph(series.graph)}))
 
 
 def _graph(args: argparse.Namespace) -> None:

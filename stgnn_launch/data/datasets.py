@@ -74,8 +74,9 @@ def load_dataset(cfg: DatasetConfig, time_range: tuple[int, int] | None = None, 
         from stgnn_launch.data.graph import load_graph
 
         adjacency, _ = load_graph(Path(cfg.adj_path).expanduser(), sensor_ids=series.sensor_ids)
-        series = replace(series, adjacency=adjacency)  # Series checks the graph's size against its sensors
-    if series.adjacency is None:
+        series = replace(series, graph=adjacency)  # kept as an edge list; Series checks its size
+        del adjacency
+    if series.graph is None:
         raise UserError(f"dataset.adj_path: expected a graph file for dataset {cfg.name!r} "
                         f"(the series file carries none), found {cfg.adj_path!r}")
     return series

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from stgnn_launch.data.graph import SparseGraph, as_sparse_graph
 from stgnn_launch.errors import UserError
 
 
@@ -20,14 +21,15 @@ class Series:
     values:      T x N x F float32 tensor (F measured features, e.g. speed; missing readings are 0 or NaN)
     timestamps:  T datetime64[ns] array, evenly spaced
     sensor_ids:  N strings, the column order of `values`
-    adjacency:   N x N float32 weighted adjacency in the same sensor order, or None until a graph is attached
+    graph:       the weighted graph in the same sensor order as a SparseGraph (a dense N x N array is
+                 converted), or None until a graph is attached; `adjacency` is its dense form
     feature_names: F names (default "value", "value_1", ...)
     """
 
     values: torch.Tensor
     timestamps: np.ndarray
     sensor_ids: list[str]
-    adjacency: np.ndarray | None = None
+    graph: SparseGraph | np.ndarray | None = None
     feature_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -48,13 +50,18 @@ class Series:
             self.feature_names = ["value"] + [f"value_{i}" for i in range(1, f)]
         if len(self.feature_names) != f:
             raise UserError(f"series feature names: expected {f}, found {len(self.feature_names)}")
-        if self.adjacency is not None:
-            self.adjacency = np.asarray(self.adjacency, dtype=np.float32)
-            if self.adjacency.shape != (n, n):
+        if self.graph is not None:
+            self.graph = as_sparse_graph(self.graph)
+            if self.graph.num_nodes != n:
                 raise UserError(
                     f"graph adjacency: expected {n} x {n} to match the series' {n} sensors, "
-                    f"found {self.adjacency.shape[0]} x {self.adjacency.shape[1]}"
+                    f"found {self.graph.num_nodes} x {self.graph.num_nodes}"
                 )
+
+    @property
+    def adjacency(self) -> np.ndarray | None:
+        """The graph as a dense N x N float32 matrix (small graphs; None without a graph)."""
+        return None if self.graph is None else self.graph.dense()
 
     @property
     def num_steps(self) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stgnn_launch.data.graph import SparseGraph, as_sparse_graph
 from stgnn_launch.data.series import Series
-from stgnn_launch.errors import UserError
 
 _COUNT_ROWS = 65536  # steps per block when counting missing readings: the boolean masks stay small
 _STEP_UNITS = (("D", "d"), ("h", "h"), ("m", "min"), ("s", "s"), ("ms", "ms"), ("us", "us"), ("ns", "ns"))
@@ -28,18 +28,21 @@ def describe_series(series: Series) -> dict[str, object]:
     }
 
 
-def describe_graph(adjacency: np.ndarray) -> dict[str, object]:
-    """Node count, edges (nonzero weights off the diagonal, and with it) and symmetry."""
-    adjacency = np.asarray(adjacency)
-    if adjacency.ndim != 2 or adjacency.shape[0] != adjacency.shape[1]:
-        raise UserError(f"graph adjacency: expected a square N x N matrix, found shape {adjacency.shape}")
-    with_loops = int(np.count_nonzero(adjacency))
+def describe_graph(graph: SparseGraph | np.ndarray) -> dict[str, object]:
+    """Node count, edges (nonzero weights off the diagonal, and with them) and symmetry."""
+    graph = as_sparse_graph(graph)
+    n = graph.num_nodes
+    forward = np.argsort(graph.rows * n + graph.cols, kind="stable")
+    mirror = np.argsort(graph.cols * n + graph.rows, kind="stable")
+    symmetric = bool(np.array_equal(graph.rows[forward], graph.cols[mirror])
+                     and np.array_equal(graph.cols[forward], graph.rows[mirror])
+                     # float weights from a kernel may differ from their mirror in the last bit
+                     and np.allclose(graph.weights[forward], graph.weights[mirror], rtol=1e-6, atol=0))
     return {
-        "nodes": adjacency.shape[0],
-        "edges": with_loops - int(np.count_nonzero(np.diagonal(adjacency))),
-        "edges_with_self_loops": with_loops,
-        # float weights from a kernel may differ from their mirror in the last bit
-        "symmetric": bool(np.allclose(adjacency, adjacency.T, rtol=1e-6, atol=0, equal_nan=True)),
+        "nodes": n,
+        "edges": graph.num_edges - int((graph.rows == graph.cols).sum()),
+        "edges_with_self_loops": graph.num_edges,
+        "symmetric": symmetric,
     }
 
 

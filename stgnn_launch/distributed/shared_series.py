@@ -26,6 +26,7 @@ import torch
 from stgnn_launch.config.schema import DatasetConfig
 from stgnn_launch.data.datasets import load_dataset
 from stgnn_launch.data.prepare import PrepareSpec, fill_missing, training_scaler_sums
+from stgnn_launch.data.graph import SparseGraph
 from stgnn_launch.data.series import Series
 from stgnn_launch.distributed.context import DistContext, barrier
 from stgnn_launch.errors import UserError
@@ -91,11 +92,10 @@ class _Segment:
 
 def _header(series: Series, dtype: torch.dtype, stats: NodeStats) -> bytes:
     """Everything but the values, the graph as an edge list (a dense 11,160 x 11,160 would be 498 MB)."""
-    adjacency = series.adjacency
-    rows, cols = np.nonzero(adjacency)
+    graph = series.graph
     return pickle.dumps({"shape": tuple(series.values.shape), "dtype": str(dtype).replace("torch.", ""),
                          "timestamps": series.timestamps, "sensor_ids": series.sensor_ids,
-                         "edges": (rows, cols, adjacency[rows, cols], adjacency.shape[0]),
+                         "edges": (graph.rows, graph.cols, graph.weights, graph.num_nodes),
                          "feature_names": series.feature_names, "filled": stats.filled,
                          "scaler_sums": stats.scaler_sums}, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -131,10 +131,8 @@ def _series_over(values_shm: shared_memory.SharedMemory,
     dtype = getattr(torch, header["dtype"])
     shape = header["shape"]
     values = torch.frombuffer(values_shm.buf, dtype=dtype, count=int(np.prod(shape))).view(shape)
-    rows, cols, weights, n = header["edges"]
-    adjacency = np.zeros((n, n), dtype=np.float32)  # dense per rank for the models' set-up: small beside
-    adjacency[rows, cols] = weights                  # the series, and never sent through the launch
-    series = Series(values, header["timestamps"], header["sensor_ids"], adjacency, header["feature_names"])
+    graph = SparseGraph(*header["edges"])  # never dense, never through the launch
+    series = Series(values, header["timestamps"], header["sensor_ids"], graph, header["feature_names"])
     return series, NodeStats(header["filled"], header["scaler_sums"])
 
 

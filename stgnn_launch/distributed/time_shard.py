@@ -85,7 +85,7 @@ def load_time_shard(dataset: DatasetConfig, prep: PrepareSpec, ctx: DistContext,
     pieces = [load_dataset(dataset, time_range=r) for r in ranges]
     series = pieces[0] if len(pieces) == 1 else Series(
         torch.cat([p.values for p in pieces]), np.concatenate([p.timestamps for p in pieces]),
-        pieces[0].sensor_ids, pieces[0].adjacency, pieces[0].feature_names)
+        pieces[0].sensor_ids, pieces[0].graph, pieces[0].feature_names)
     del pieces
     filled = fill_missing(series.values, prep.null_value)
     if dtype != series.values.dtype:  # the resident precision, before the scaler sees the values

@@ -109,7 +109,7 @@ class DCRNN(nn.Module):
         self.rnn_units = rnn_units
         self.cl_decay_steps = cl_decay_steps
         self.use_curriculum_learning = use_curriculum_learning
-        self.graph = SparseOperators(random_walk_supports(spec.adjacency))  # plain attribute, not a buffer
+        self.graph = SparseOperators(random_walk_supports(spec.graph))  # plain attribute, not a buffer
 
         def stack(first_input: int) -> nn.ModuleList:
             sizes = [first_input] + [rnn_units] * (num_rnn_layers - 1)

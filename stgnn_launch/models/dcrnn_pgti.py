@@ -62,7 +62,7 @@ class DCRNNPGTI(nn.Module):
         # Only advance the time of day when the channel is a covariate (after the measured features).
         has_tod = spec.tod_channel is not None and spec.out_features <= spec.tod_channel < spec.in_features
         self.tod_offset = spec.tod_channel - spec.out_features if has_tod else None
-        self.graph = SparseOperators(random_walk_supports(spec.adjacency))  # plain attribute, not a buffer
+        self.graph = SparseOperators(random_walk_supports(spec.graph))  # plain attribute, not a buffer
         self._blocks: dict[int, SparseOperators] = {}  # channels -> the supports for that many, block-diagonal
         self.cell = DCGRUCell(spec.in_features, hidden, max_diffusion_step=K - 1, num_supports=len(self.graph))
 

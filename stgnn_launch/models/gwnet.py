@@ -94,7 +94,7 @@ class GraphWaveNet(nn.Module):
             expect(value >= 1, f"model.params.{key}", "a positive integer", value)
         expect(0 <= dropout < 1, "model.params.dropout", "a probability in [0, 1)", dropout)
         self.horizon, self.out_features = spec.horizon, spec.out_features
-        self.graph = SparseOperators(random_walk_supports(spec.adjacency))  # plain attribute, not a buffer
+        self.graph = SparseOperators(random_walk_supports(spec.graph))  # plain attribute, not a buffer
         self.adaptive_adj = adaptive_adj
         if adaptive_adj:  # E1, E2 of the self-adaptive adjacency (random init, as the reference)
             self.nodevec1 = nn.Parameter(torch.randn(spec.num_nodes, embed_dim))

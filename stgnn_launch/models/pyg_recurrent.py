@@ -21,13 +21,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from stgnn_launch.errors import expect
 from stgnn_launch.models.custom import check_output_shape, construct, load_object
-from stgnn_launch.models.graph_ops import Edges
+from stgnn_launch.data.graph import SparseGraph
 from stgnn_launch.models.registry import ModelSpec, register
 
 DEFAULT_CELL = "stgnn_launch.models.pyg_recurrent:GCNGRUCell"
@@ -59,11 +58,9 @@ class BatchedGraph:
 
     A plain attribute of the model, not buffers: DDP would broadcast buffers, checkpoints skip it."""
 
-    def __init__(self, adjacency: np.ndarray):
-        edges = Edges.from_dense(adjacency)
-        self.num_nodes = edges.n
-        self.edge_index = torch.from_numpy(np.stack([edges.rows, edges.cols]))
-        self.edge_weight = torch.from_numpy(edges.vals.astype(np.float32))
+    def __init__(self, graph: SparseGraph):
+        self.num_nodes = graph.num_nodes
+        self.edge_index, self.edge_weight = graph.edge_index()
         self._cache: dict[tuple[int, torch.device], tuple[Tensor, Tensor]] = {}
 
     def get(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -94,7 +91,7 @@ class PygRecurrent(nn.Module):
                               out_channels=hidden, **cell_params)
         self.with_cell_state = "C" in inspect.signature(self.cell.forward).parameters
         self.hidden, self.horizon, self.out_features = hidden, spec.horizon, spec.out_features
-        self.graph = BatchedGraph(spec.adjacency)
+        self.graph = BatchedGraph(spec.graph)
         self.readout = nn.Linear(hidden, spec.horizon * spec.out_features)
         check_output_shape(self, spec, f"model.cell {_cell_}")
 

@@ -52,7 +52,7 @@ class TGCN(nn.Module):
         expect(hidden >= 1, "model.params.hidden", "a positive number of units", hidden)
         self.horizon, self.out_features = spec.horizon, spec.out_features
         self.hidden = hidden
-        self.graph = SparseOperators([gcn_normalized(spec.adjacency)])  # plain attribute, not a buffer
+        self.graph = SparseOperators([gcn_normalized(spec.graph)])  # plain attribute, not a buffer
         self.cell = TGCNCell(spec.in_features, hidden)
         self.head = nn.Linear(hidden, spec.horizon * spec.out_features)
 

@@ -19,9 +19,8 @@ import math
 
 import torch
 
-from stgnn_launch.data.prepare.missing import observed
+from stgnn_launch.data.prepare.missing import chunk_steps, observed
 
-_CHUNK = 4096
 _SHOWN = 5  # sensor names listed in a warning; the rest are counted
 
 
@@ -50,9 +49,9 @@ def sensor_warnings(values: torch.Tensor, sensor_ids: list[str], feature_names: 
 def _negatives(values: torch.Tensor, null_value: float | None) -> tuple[int, float]:
     if null_value is None or math.isnan(null_value):
         return 0, 0.0
-    count, lowest = 0, 0.0
-    for first in range(0, values.shape[0], _CHUNK):
-        block = values[first:first + _CHUNK].float().cpu()
+    count, lowest, steps = 0, 0.0, chunk_steps(values)
+    for first in range(0, values.shape[0], steps):
+        block = values[first:first + steps].float().cpu()
         negative = observed(block, null_value) & (block < 0)
         found = int(negative.sum())
         if found:
@@ -68,9 +67,10 @@ def _training_extent(values: torch.Tensor, ranges: list[tuple[int, int]],
     seen = torch.zeros(shape, dtype=torch.int64)
     low = torch.full(shape, math.inf)
     high = torch.full(shape, -math.inf)
+    steps = chunk_steps(values)
     for start, stop in ranges:
-        for first in range(start, stop, _CHUNK):
-            block = values[first:min(stop, first + _CHUNK)].float().cpu()
+        for first in range(start, stop, steps):
+            block = values[first:min(stop, first + steps)].float().cpu()
             mask = observed(block, null_value)
             seen += mask.sum(dim=0)
             low = torch.minimum(low, torch.where(mask, block, math.inf).amin(dim=0))

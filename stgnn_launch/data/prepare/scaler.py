@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from stgnn_launch.data.prepare.missing import chunk_steps as default_chunk_steps
 from stgnn_launch.data.prepare.missing import observed
 from stgnn_launch.errors import UserError
 
@@ -27,11 +28,13 @@ class Scaler:
 
 
 def scaler_sums(values: torch.Tensor, ranges: list[tuple[int, int]], null_value: float | None,
-                chunk_steps: int = 4096) -> torch.Tensor:
+                chunk_steps: int | None = None) -> torch.Tensor:
     """3 x F float64: sum, sum of squares and count of the observed readings in the step `ranges`.
 
-    Chunk by chunk, so that a year of PeMS needs no full-size temporary; sums (not means) so that ranks
-    holding different time ranges can add theirs up."""
+    Chunk by chunk (`missing.chunk_steps` unless told), so that a year of PeMS needs no full-size
+    temporary; sums (not means) so that ranks holding different time ranges can add theirs up."""
+    if chunk_steps is None:
+        chunk_steps = default_chunk_steps(values)
     sums = torch.zeros(3, values.shape[-1], dtype=torch.float64)
     for start, stop in ranges:
         for first in range(start, stop, chunk_steps):
@@ -53,6 +56,6 @@ def scaler_from_sums(sums: torch.Tensor) -> Scaler:
     return Scaler(mean.to(torch.float32), std.to(torch.float32))
 
 
-def fit_scaler(values: torch.Tensor, stop: int, null_value: float | None, chunk_steps: int = 4096) -> Scaler:
+def fit_scaler(values: torch.Tensor, stop: int, null_value: float | None, chunk_steps: int | None = None) -> Scaler:
     """Mean and std per feature over steps [0, stop), skipping NaN and null readings."""
     return scaler_from_sums(scaler_sums(values, [(0, stop)], null_value, chunk_steps))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from stgnn_launch.atomic_write import temp_path_beside
+from stgnn_launch.data.graph import SparseGraph, as_sparse_graph
 from stgnn_launch.data.series import Series
 from stgnn_launch.errors import UserError
 
@@ -45,7 +46,7 @@ class NativeWriter:
         sensor_ids: list[str],
         feature_names: list[str],
         chunk_steps: int = 2048,
-        adjacency: np.ndarray | None = None,
+        graph: SparseGraph | np.ndarray | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,8 +60,13 @@ class NativeWriter:
         self._times = self._file.create_dataset("timestamps", (num_steps,), dtype="int64")
         self._file.create_dataset("sensor_ids", data=np.array([str(s) for s in sensor_ids], dtype=object), dtype=_STR)
         self._file.create_dataset("feature_names", data=np.array(feature_names, dtype=object), dtype=_STR)
-        if adjacency is not None:
-            self._file.create_dataset("adjacency", data=np.asarray(adjacency, dtype=np.float32))
+        if graph is not None:  # stored dense (the layout's N x N), written a block of rows at a time
+            graph = as_sparse_graph(graph)
+            stored = self._file.create_dataset("adjacency", (n, n), dtype="float32",
+                                               chunks=(min(n, max(1, 2**20 // n)), n))
+            for start in range(0, n, stored.chunks[0]):
+                stop = min(n, start + stored.chunks[0])
+                stored[start:stop] = graph.dense_rows(start, stop)
         self._num_steps = num_steps
         self._written = 0
 
@@ -103,7 +109,7 @@ def is_native(file: h5py.File) -> bool:
 def write_series(path: str | os.PathLike, series: Series, chunk_steps: int = 2048) -> Path:
     """Write a whole in-memory series in the native layout (block by block, atomically)."""
     with NativeWriter(path, series.num_steps, series.sensor_ids, series.feature_names, chunk_steps,
-                      series.adjacency) as writer:
+                      series.graph) as writer:
         values = series.values.numpy()
         for start in range(0, series.num_steps, chunk_steps):
             stop = min(start + chunk_steps, series.num_steps)
@@ -132,8 +138,13 @@ def read_native(path: str | os.PathLike, start: int = 0, stop: int | None = None
         timestamps = file["timestamps"][start:stop].view("datetime64[ns]")
         sensor_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in file["sensor_ids"][()]]
         names = [s.decode() if isinstance(s, bytes) else str(s) for s in file["feature_names"][()]]
-        adjacency = file["adjacency"][()] if "adjacency" in file else None
-    return Series(torch.from_numpy(out), timestamps, sensor_ids, adjacency, names)
+        graph = None
+        if "adjacency" in file:  # straight to an edge list, block by block: never N x N in memory
+            stored = file["adjacency"]
+            if stored.ndim != 2 or stored.shape[0] != stored.shape[1]:
+                raise UserError(f"{path}: expected a square N x N /adjacency, found shape {stored.shape}")
+            graph = SparseGraph.from_row_blocks(stored.shape[0], lambda a, b: stored[a:b])
+    return Series(torch.from_numpy(out), timestamps, sensor_ids, graph, names)
 
 
 def native_shape(path: str | os.PathLike) -> tuple[int, int, int]:
