@@ -15,8 +15,8 @@ depend on the batch (an adaptive N x N adjacency, say). With `trainer.activation
 also counts the steps `maybe_checkpoint` wrapped, and the peak becomes what is saved outside them, plus
 their inputs, plus ONE step's insides (recomputed one at a time in the backward pass).
 
-The peak of a rank is the larger of two phases: loading (series, the dense graph while the model is
-built, standard's windows being cut beside the series, a float32 copy for reduced precision) and
+The peak of a rank is the larger of two phases: loading (series, a dense graph file while it becomes
+an edge list, standard's windows being cut beside the series, a float32 copy for reduced precision) and
 training (data, model + gradients + Adam, staging ring, one batch, its activations). On a CPU node
 everything is host memory; with GPUs the model side is device memory.
 """
@@ -33,9 +33,12 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from stgnn_launch.config.schema import Config
+from stgnn_launch.data.graph import SparseGraph
 from stgnn_launch.errors import UserError
 from stgnn_launch.plan import DTYPES, Machine, prepare_spec
 
+GRAPH_DEGREE = 64  # edges per sensor the planner allows for (road graphs: ~8 for METR-LA, DCRNN's kernel)
+GRAPH_EDGE_BYTES = 20 + 4 * 16  # the edge list (int64 x 2 + float32) and 4 CSR operators (value + index)
 SIDE_BASELINE_READINGS = 2**27  # run.py scores the historical average beside a model up to this many training readings
 
 RUNTIME_HOST_BYTES = 480 * 2**20  # a training process before its data: interpreter, torch, numpy, h5py, hydra
@@ -91,6 +94,7 @@ class MemoryEstimate:
     device_rank_peak: int
     dominant: str
     suggestions: list[str] = field(default_factory=list)
+    batch_note: str = ""  # how the batch was chosen, when batching.batch_size=auto chose it
 
     @property
     def fits_host(self) -> bool:
@@ -106,7 +110,8 @@ class MemoryEstimate:
 
     def table(self) -> str:
         gib = lambda v: f"{v / _GiB:9.2f}" if v else f"{'-':>9}"  # noqa: E731
-        lines = [f"memory plan: {self.world} rank(s), {self.local_world} per node, batch {self.batch_size} per rank",
+        lines = [f"memory plan: {self.world} rank(s), {self.local_world} per node, batch {self.batch_size} per rank"
+                 + (f" ({self.batch_note})" if self.batch_note else ""),
                  f"{'term':<34}{'phase':>6} {'host/rank':>9} {'host/node':>9} {'dev/rank':>9}  (GiB)"]
         for t in self.terms:
             node = t.host_node + t.host_rank * self.local_world
@@ -158,7 +163,16 @@ def estimate_memory(cfg: Config, shape: tuple[int, int, int], machine: Machine, 
     b = cfg.batching
     world = world or cfg.gpus
     local = local_world or ranks_per_node(cfg)
-    batch = batch_size or (b.global_batch_size // world if b.global_batch_size else int(b.batch_size))
+    note = ""
+    if batch_size:
+        batch = batch_size
+    elif b.global_batch_size:
+        batch = b.global_batch_size // world
+    elif b.batch_size == "auto":
+        batch = auto_batch_size(cfg, shape, machine, profile, world, local)
+        note = f"auto: the largest up to batching.max_batch_size={b.max_batch_size} that fits"
+    else:
+        batch = int(b.batch_size)
     w, h = b.window, b.horizon
     c = covariate_count(cfg)
     f_out = prepare_spec(cfg).out_features
@@ -197,7 +211,11 @@ def estimate_memory(cfg: Config, shape: tuple[int, int, int], machine: Machine, 
         if itemsize != 4:  # read as float32, then cast: both exist for a moment
             terms.append(Term("float32 read before the cast", "load", steps * n * f * 4))
         terms.append(Term("covariates table", "both", covariates))
-    terms.append(Term("dense graph (model set-up)", "load", n * n * 5))
+    # Kept as an edge list (+ the models' sparse operators), assumed at most GRAPH_DEGREE edges per sensor; a
+    # graph file (.pkl/.csv/.npy) is dense on disk and whole in memory while it is converted.
+    terms.append(Term("graph (edges, sparse operators)", "both", n * GRAPH_DEGREE * GRAPH_EDGE_BYTES))
+    if cfg.dataset.adj_path:
+        terms.append(Term("dense graph file while converted", "load", n * n * 4))
     train_steps = int(t * cfg.dataset.train_ratio) + w
     side_baseline = train_steps * n * f <= SIDE_BASELINE_READINGS  # run.py skips it beyond that
     if c and side_baseline and cfg.model.name != "historical_average" and not (
@@ -235,7 +253,7 @@ def estimate_memory(cfg: Config, shape: tuple[int, int, int], machine: Machine, 
     in_phase = [x for x in terms if x.phase in (peak_phase, "both")] if not over_device else terms
     dominant = max(in_phase, key=lambda x: getattr(x, weigh) + (x.host_rank * local if weigh == "host_node" else 0))
     estimate = MemoryEstimate(terms, world, local, batch, limit, source, device_limit, host_rank_peak,
-                              host_node_peak, device_peak, dominant.name)
+                              host_node_peak, device_peak, dominant.name, batch_note=note)
     if estimate.fits or batch_size is not None:  # an explicit batch: auto's search, or suggest's own tries
         return estimate
     return MemoryEstimate(**{**estimate.__dict__,
@@ -266,7 +284,7 @@ def suggest(cfg: Config, shape: tuple[int, int, int], machine: Machine, profile:
     if not cfg.trainer.activation_checkpointing:
         tries.append(base + ("trainer.activation_checkpointing=true",))
     out = [" ".join(t) for t in tries if fits(t)]
-    current = int(b.batch_size) if b.batch_size != "auto" else 1024
+    current = int(b.batch_size) if b.batch_size != "auto" else 1  # auto tried every batch down to 1
     for size in _batch_candidates(current - 1):
         if fits(base, size):
             out.append(" ".join(base + (f"batching.batch_size={size}",)))
@@ -287,26 +305,25 @@ def _batch_candidates(upto: int) -> list[int]:
 
 
 def auto_batch_size(cfg: Config, shape: tuple[int, int, int], machine: Machine, profile: ActivationProfile,
-                    world: int | None = None, local_world: int | None = None, cap: int = 1024) -> int:
-    """`batching.batch_size=auto`: the largest power of two (at most `cap`, at most the training windows
-    per rank) whose estimate fits; 1 when none does (the check then refuses with the table)."""
-    t = shape[0]
+                    world: int | None = None, local_world: int | None = None) -> int:
+    """`batching.batch_size=auto`: `batching.max_batch_size` when its estimate fits, else the largest power
+    of two below it that fits; 1 when none does (the check then refuses with the table)."""
+    cap = cfg.batching.max_batch_size
     world = world or cfg.gpus
-    windows = max(1, int((t - cfg.batching.window - cfg.batching.horizon) // cfg.batching.stride + 1
-                         ) * cfg.dataset.train_ratio // world)
-    for size in _batch_candidates(min(cap, int(windows))):
+    for size in [cap] + [s for s in _batch_candidates(cap) if s < cap]:
         if estimate_memory(cfg, shape, machine, profile, batch_size=size, world=world, local_world=local_world).fits:
             return size
     return 1
 
 
 # ---- the activation probe -----------------------------------------------------------------------
-def _probe_graph(n: int, degree: int = 8) -> np.ndarray:
+def _probe_graph(n: int, degree: int = 8) -> SparseGraph:
     """A directed ring with `degree` neighbours ahead, weights in (0, 1], diagonal 1 (DCRNN's kernel style)."""
-    adj = np.eye(n, dtype=np.float32)
-    for k in range(1, min(degree, n - 1) + 1):
-        adj[np.arange(n), (np.arange(n) + k) % n] = np.exp(-0.1 * k)
-    return adj
+    ahead = np.arange(min(degree, n - 1) + 1)
+    rows = np.repeat(np.arange(n), ahead.size)
+    cols = (rows + np.tile(ahead, n)) % n
+    order = np.lexsort((cols, rows))  # row-major, as a dense matrix's nonzeros
+    return SparseGraph(rows[order], cols[order], np.exp(-0.1 * np.tile(ahead, n))[order], n)
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -339,7 +356,7 @@ def _step_peak(cfg: Config, in_features: int, out_features: int, batch: int, nod
 
     b = cfg.batching
     spec = ModelSpec(num_nodes=nodes, in_features=in_features, out_features=out_features, window=b.window,
-                     horizon=b.horizon, adjacency=_probe_graph(nodes), steps_per_day=288,
+                     horizon=b.horizon, graph=_probe_graph(nodes), steps_per_day=288,
                      tod_channel=out_features if in_features > out_features else None)
     model = build_model(cfg.model.name, spec, dict(cfg.model.params))
     params = sum(p.numel() for p in model.parameters())
@@ -397,14 +414,7 @@ def plan_memory(cfg: Config, shape: tuple[int, int, int] | None = None, machine:
     shape = shape or dataset_shape(cfg.dataset)
     machine = machine or target_machine(cfg)
     profile = profile or probe_activations(cfg, *in_out_features(cfg, shape))
-    batch = None
-    if cfg.batching.batch_size == "auto":
-        batch = auto_batch_size(cfg, shape, machine, profile)
-    estimate = estimate_memory(cfg, shape, machine, profile, batch_size=batch)
-    if batch is not None and not estimate.fits:
-        estimate = MemoryEstimate(**{**estimate.__dict__, "suggestions": suggest(
-            cfg, shape, machine, profile, estimate.world, estimate.local_world)})
-    return estimate
+    return estimate_memory(cfg, shape, machine, profile)
 
 
 def target_machine(cfg: Config) -> Machine:
@@ -423,6 +433,19 @@ def check_fits(cfg: Config) -> MemoryEstimate:
     if not estimate.fits:
         raise DoesNotFit(f"memory: expected a run that fits the node, found one that does not\n{estimate.table()}")
     return estimate
+
+
+def settle_batch_size(cfg: Config, estimate: MemoryEstimate | None = None) -> None:
+    """`batching.batch_size=auto` decided once, where the run is launched on this machine (launcher=local):
+    the number goes into the run's config.yaml and every rank reads it instead of probing the model again.
+    On Slurm the ranks decide, on the nodes whose memory counts (`resolve_auto_batch`)."""
+    b = cfg.batching
+    if b.batch_size != "auto" or b.global_batch_size or cfg.launcher.name != "local":
+        return
+    b.batch_size = (estimate or plan_memory(cfg)).batch_size
+    if b.batch_size < b.max_batch_size:
+        print(f"batching.batch_size=auto: {b.batch_size} per rank, the largest up to {b.max_batch_size} that fits "
+              "this node's memory (stgnn-plan shows the estimate)", flush=True)
 
 
 def resolve_auto_batch(cfg: Config, shape: tuple[int, int, int] | None, machine: Machine, env) -> int:

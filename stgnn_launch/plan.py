@@ -120,7 +120,7 @@ def make_plan(cfg: Config, env: RankEnv, machine: Machine,
         from stgnn_launch.memory import resolve_auto_batch
 
         batch_size = resolve_auto_batch(cfg, dataset_shape() if dataset_shape else None, machine, env)
-        notes.append(f"batching.batch_size=auto: {batch_size} per rank, the largest power of two that fits")
+        notes.append(f"batching.batch_size=auto: {batch_size} per rank, the largest up to {b.max_batch_size} that fits")
     global_batch = b.global_batch_size or batch_size * env.world_size
     per_rank = global_batch // env.world_size
     lr = cfg.trainer.lr

@@ -65,7 +65,8 @@ def worker_pids(run_dir: Path) -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            is_rank = b"stgnn_launch.train.worker" in cmdline and b"torch.distributed.run" not in cmdline
+            # the module python runs (-m): the worker, not torchrun's agent whose arguments name it
+            is_rank = b"-m" in cmdline and cmdline[cmdline.index(b"-m") + 1] == b"stgnn_launch.train.worker"
             if is_rank and str(run_dir).encode() in cmdline:
                 pids.append(int(entry.name))
     return pids

@@ -82,15 +82,16 @@ def test_bfloat16_halves_the_resident_series():
 
 
 def test_stgnn_plan_exits_3_for_standard_and_0_for_index_at_pems_scale(tmp_path):
-    standard = _run("stgnn_launch.cli.plan", *PEMS, "batching=standard", "model=dcrnn_pgti", "launcher.mem_gb=24",
+    # The two commands, default model (tgcn) and batch (auto: 64 where it fits; 32 at this shape)
+    standard = _run("stgnn_launch.cli.plan", *PEMS, "batching=standard", "launcher.mem_gb=24",
                     cache=tmp_path, cwd=tmp_path)
     assert standard.returncode == EXIT_DOES_NOT_FIT, standard.stderr
     assert "DOES NOT FIT" in standard.stdout and "materialised windows" in standard.stdout
     assert "would fit with: batching=index" in standard.stdout
-    index = _run("stgnn_launch.cli.plan", *PEMS, "batching=index", "model=dcrnn_pgti", "launcher.mem_gb=24",
+    index = _run("stgnn_launch.cli.plan", *PEMS, "batching=index", "launcher.mem_gb=24",
                  cache=tmp_path, cwd=tmp_path)
     assert index.returncode == 0, index.stdout + index.stderr
-    assert "fits: host" in index.stdout
+    assert "fits: host" in index.stdout and "batch 32 per rank (auto: the largest up to" in index.stdout
     assert list(tmp_path.iterdir()) == []  # nothing generated, no run directory
 
 
@@ -108,10 +109,14 @@ def test_auto_batch_is_the_largest_power_of_two_that_fits():
 
     profile = ActivationProfile(per_sample_node=100_000.0, fixed=(0.0, 0.0, 0.0), params=(0.0, 0.0))
     cfg = compose_config("dataset.num_nodes=1000", "dataset.num_steps=20000", "batching.batch_size=auto",
-                         "launcher.mem_gb=8")
+                         "batching.max_batch_size=1024", "launcher.mem_gb=8")
     size = auto_batch_size(cfg, (20000, 1000, 1), CPU_24G, profile)
     fits = lambda b: estimate_memory(cfg, (20000, 1000, 1), CPU_24G, profile, batch_size=b).fits  # noqa: E731
-    assert fits(size) and not fits(2 * size) and size & (size - 1) == 0
+    assert fits(size) and not fits(2 * size) and size & (size - 1) == 0 and 1 < size < 1024
+    # The default (auto up to 64): the field's batch where it fits, a smaller one only where it does not.
+    assert auto_batch_size(compose_config("launcher.mem_gb=8"), (20000, 1000, 1), CPU_24G, profile) == min(64, size)
+    estimate = estimate_memory(compose_config("launcher.mem_gb=8"), (20000, 1000, 1), CPU_24G, profile)
+    assert estimate.batch_size == min(64, size) and "auto: the largest up to batching.max_batch_size=64" in estimate.table()
 
 
 # ---- activation checkpointing ---------------------------------------------------------------------
@@ -122,7 +127,7 @@ def test_checkpointing_keeps_gradients_and_lowers_the_activation_peak(model):
     from stgnn_launch.models.registry import ModelSpec, build_model
 
     spec = ModelSpec(num_nodes=12, in_features=2, out_features=1, window=12, horizon=12,
-                     adjacency=_probe_graph(12), steps_per_day=288, tod_channel=1)
+                     graph=_probe_graph(12), steps_per_day=288, tod_channel=1)
     hparams = {p.split("=")[0].removeprefix("model.params."): int(p.split("=")[1]) for p in TINY_PARAMS[model]}
     x, y = torch.rand(3, 12, 12, 2), torch.rand(3, 12, 12, 1)
     grads = []

@@ -197,7 +197,7 @@ class Cluster:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if (b"stgnn_launch.train.worker" in cmdline and b"torch.distributed.run" not in cmdline
+            if (b"-m" in cmdline and cmdline[cmdline.index(b"-m") + 1] == b"stgnn_launch.train.worker"
                     and str(run_dir).encode() in cmdline):
                 pids.append(pid)
         return pids

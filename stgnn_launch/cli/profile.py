@@ -16,6 +16,7 @@ from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from stgnn_launch.config.load import to_config
+from stgnn_launch.memory import settle_batch_size
 from stgnn_launch.config.schema import Config, register_configs
 from stgnn_launch.errors import UserError
 from stgnn_launch.profile.candidates import Candidate
@@ -52,7 +53,9 @@ def compose_training(overrides: list[str], candidate: Candidate | None) -> Confi
             if candidate.target:
                 cfg.model.target = candidate.target
             cfg.model.params = OmegaConf.merge(cfg.model.params, candidate.params)
-    return to_config(cfg)
+    config = to_config(cfg)
+    settle_batch_size(config)  # a number before the study's arithmetic (batches per epoch) and its runs
+    return config
 
 
 def profile(args: list[str]) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from stgnn_launch.config.load import save_run_config, to_config
@@ -25,9 +26,9 @@ def launch(cfg: DictConfig) -> int:
     config = to_config(cfg)
     check_model_params(config.model.name, dict(config.model.params))  # before any data is read
     if not in_torchrun():  # the launcher's check, once, before any data is read (ranks skip it)
-        from stgnn_launch.memory import check_fits
+        from stgnn_launch.memory import check_fits, settle_batch_size
 
-        check_fits(config)
+        settle_batch_size(config, check_fits(config))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config.run_dir = str(run_dir)
     if sweep.is_slurm_sweep(config):  # -m: submitted with the others once every point is checked
@@ -46,7 +47,8 @@ def launch(cfg: DictConfig) -> int:
     if config.gpus > 1 and not in_torchrun():
         from stgnn_launch.launch.local import run_torchrun_locally
 
-        return run_torchrun_locally(config, run_dir)
+        # One run: torchrun replaces this process. A local sweep (-m) runs its points one after another here.
+        return run_torchrun_locally(config, run_dir, replace_process=HydraConfig.get().mode == RunMode.RUN)
     from stgnn_launch.train.run import run_training
 
     run_training(config, run_dir)

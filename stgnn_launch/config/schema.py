@@ -97,7 +97,9 @@ class BatchingConfig:
     window: int = 12
     horizon: int = 12
     stride: int = 1  # steps between consecutive window starts
-    batch_size: Any = 64  # per rank: a positive integer, or auto (the largest that fits, see stgnn-plan)
+    batch_size: Any = "auto"  # per rank: a positive integer (refused if it cannot fit), or auto:
+    #                           max_batch_size when it fits, else the largest power of two below that fits
+    max_batch_size: int = 64  # auto's ceiling (the field's usual batch)
     eval_batch_size: Optional[int] = None  # None = batch_size
     global_batch_size: Optional[int] = None  # fixed over world sizes: batch_size = this / ranks (a sweep
     #                                          over GPU counts then compares like with like)
@@ -118,6 +120,8 @@ class BatchingConfig:
         _check(self.batch_size == "auto" or (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
                                               and self.batch_size >= 1), "batching.batch_size",
                "a positive integer or auto", self.batch_size)
+        _check(isinstance(self.max_batch_size, int) and self.max_batch_size >= 1, "batching.max_batch_size",
+               "a positive integer", self.max_batch_size)
         _check(self.eval_batch_size is None or self.eval_batch_size >= 1, "batching.eval_batch_size",
                "a positive integer or null", self.eval_batch_size)
         _check(self.device in ("cpu", "gpu", "auto"), "batching.device", "cpu, gpu or auto", self.device)

@@ -11,15 +11,17 @@ WORKER_MODULE = "stgnn_launch.train.worker"
 def build_torchrun_cmd(*, nnodes: int, nproc_per_node: int, run_dir: Path | str, standalone: bool = False,
                        rdzv_endpoint: str | None = None, rdzv_id: str | None = None, max_restarts: int = 0,
                        local_addr: str | None = None, rdzv_conf: str | None = None,
-                       python: str = sys.executable, worker_args: tuple[str, ...] = ()) -> list[str]:
+                       python: str = sys.executable, worker_args: tuple[str, ...] = (),
+                       launcher_module: str = "torch.distributed.run") -> list[str]:
     """`python -m torch.distributed.run` (torchrun) starting every rank's worker on one node.
 
     standalone: one node, rendezvous on a free local port. Otherwise a c10d rendezvous at
     `rdzv_endpoint` (host:port of the first node) shared by all `nnodes` nodes under `rdzv_id`.
     local_addr: the address this node announces to the others (torchrun otherwise takes its FQDN, which
-    some sites resolve to loopback); rdzv_conf: torchrun's `key=value,...` rendezvous options.
+    some sites resolve to loopback); rdzv_conf: torchrun's `key=value,...` rendezvous options;
+    launcher_module: torchrun's module, or stgnn_launch.launch.agent (torchrun with a one-line interrupt).
     """
-    cmd = [python, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}",
+    cmd = [python, "-m", launcher_module, f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}",
            f"--max_restarts={max_restarts}"]
     if standalone:
         cmd.append("--standalone")

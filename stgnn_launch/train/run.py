@@ -21,6 +21,7 @@ from stgnn_launch.data.batching import Batcher, WindowSource, build_source
 from stgnn_launch.data.datasets import dataset_shape, load_dataset
 from stgnn_launch.data.prepare import Prepared, fill_missing, input_ranges, prepare, scaler_from_sums
 from stgnn_launch.data.prepare.checks import sensor_warnings
+from stgnn_launch.data.graph import SparseGraph
 from stgnn_launch.data.series import Series
 from stgnn_launch.data.summary import format_step
 from stgnn_launch.distributed.context import DistContext, RankEnv, init_distributed, shutdown
@@ -73,10 +74,10 @@ def load_prepared(cfg: Config, plan: Plan, ctx: DistContext) -> tuple[Prepared, 
     return prepare(series, plan.prep), series, None, filled
 
 
-def model_spec(prepared: Prepared, adjacency: np.ndarray) -> ModelSpec:
+def model_spec(prepared: Prepared, graph: SparseGraph) -> ModelSpec:
     return ModelSpec(num_nodes=prepared.values.shape[1], in_features=prepared.in_features,
                      out_features=prepared.out_features, window=prepared.window, horizon=prepared.horizon,
-                     adjacency=adjacency, steps_per_day=prepared.steps_per_day, tod_channel=prepared.tod_channel)
+                     graph=graph, steps_per_day=prepared.steps_per_day, tod_channel=prepared.tod_channel)
 
 
 def build_baselines(cfg: Config, plan: Plan, prepared: Prepared, spec: ModelSpec,
@@ -110,9 +111,9 @@ def build_pipeline(cfg: Config, plan: Plan, ctx: DistContext) -> Pipeline:
                                          input_ranges(prepared.starts["train"], prepared.window),
                                          prepared.null_value) if ctx.is_main else [],
              "windows": {split: len(starts) for split, starts in prepared.starts.items()}}
-    adjacency = series.adjacency
+    graph = series.graph
     del series
-    spec = model_spec(prepared, adjacency)
+    spec = model_spec(prepared, graph)
     if getattr(model_class(cfg.model.name), "needs_slots", False) and (
             prepared.steps_per_day is None or prepared.tod_channel is None):
         raise UserError(f"model={cfg.model.name}: expected a series whose step divides a day, with the time-of-day "

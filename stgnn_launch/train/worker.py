@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as stop:  # a step checkpoint is written; torchrun restarts or Slurm requeues resume it
         print(f"stgnn-train: {stop}; resume continues from the step checkpoint", file=sys.stderr)
         return PREEMPTED_EXIT
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank: failed.json is written, one line each, no traceback
+        print("stgnn-train: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
