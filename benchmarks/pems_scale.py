@@ -13,7 +13,12 @@ the timestamps, so the model sees speed + time of day without a second stored ch
    over the series' bytes (`node_rss_ratio_2_ranks`), and the samples/s of the training epoch;
 3. `stgnn-plan ... batching=standard` at this shape: its verdict and exit status.
 
-    nice python benchmarks/pems_scale.py [--steps 5] [--batch 16] [--nodes 11160 --num-steps 105120]
+    nice python benchmarks/pems_scale.py [--steps 5] [--batch 1] [--no-checkpointing] [--nodes 11160 --num-steps 105120]
+
+The node's memory is the series plus fixed costs per process (torch alone is ~0.25 GiB of private memory
+per interpreter: torchrun's agent and each rank) plus each rank's activations; the defaults (1 window
+per rank and step, activation checkpointing) measure what the data path costs. Larger batches add their
+activations (printed per process at the peak).
 
 The last line printed is one JSON object.
 """
@@ -55,8 +60,9 @@ def child_load(nodes: int, steps: int) -> None:
                       "load_peak_rss_bytes": peak_rss_bytes()}))
 
 
-def pss_of_tree(root: int) -> int:
-    """Proportional set size of `root` and its descendants (shared pages split among their mappers)."""
+def pss_of_tree(root: int) -> dict[str, int]:
+    """Proportional set size of `root` and each descendant (shared pages split among their mappers), by
+    process ("pid name")."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -65,28 +71,33 @@ def pss_of_tree(root: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [root]
+    found, todo = {}, [root]
     while todo:
         pid = todo.pop()
         todo += children.get(pid, [])
         try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            name = next((a.decode() for a in args if a.startswith(b"stgnn_launch") or a.startswith(b"torch.")),
+                        Path(args[0].decode()).name)
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
+                    found[f"{pid} {name}"] = int(line.split()[1]) * 1024
+        except (OSError, StopIteration, UnicodeDecodeError):
             pass
-    return total
+    return found
 
 
 def train(overrides: list[str], run_dir: Path) -> dict:
     """stgnn-train with `overrides`; its record, and the peak PSS of its process tree."""
     cmd = [sys.executable, "-m", "stgnn_launch.cli.train", *overrides, f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0]
+    peak: list = [0, {}]
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], pss_of_tree(proc.pid))
+            by_process = pss_of_tree(proc.pid)
+            if sum(by_process.values()) > peak[0]:
+                peak[:] = [sum(by_process.values()), by_process]
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -97,6 +108,7 @@ def train(overrides: list[str], run_dir: Path) -> dict:
         raise SystemExit(f"stgnn-train failed ({proc.returncode}):\n{output[-4000:]}")
     record = json.loads((run_dir / "results.json").read_text())
     record["node_pss_peak_bytes"] = peak[0]
+    record["node_pss_peak_by_process"] = peak[1]
     return record
 
 
@@ -105,7 +117,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=11160)
     parser.add_argument("--num-steps", type=int, default=105120)
     parser.add_argument("--steps", type=int, default=5, help="training steps per run")
-    parser.add_argument("--batch", type=int, default=16, help="windows per rank and step")
+    parser.add_argument("--batch", type=int, default=1, help="windows per rank and step")
+    parser.add_argument("--no-checkpointing", action="store_true",
+                        help="keep every activation (default: trainer.activation_checkpointing=true)")
     parser.add_argument("--child-load", action="store_true")
     args = parser.parse_args()
     if args.child_load:
@@ -123,7 +137,8 @@ def main() -> None:
     series = load["series_bytes"]
     shape = [f"dataset.num_nodes={args.nodes}", f"dataset.num_steps={args.num_steps}"]
     common = [*shape, f"dataset.cache_dir={CACHE}", "model=dcrnn_pgti", f"batching.batch_size={args.batch}",
-              f"trainer.max_batches_per_epoch={args.steps}", "trainer.max_eval_batches=1", "trainer.progress=false"]
+              f"trainer.max_batches_per_epoch={args.steps}", "trainer.max_eval_batches=1", "trainer.progress=false",
+              f"trainer.activation_checkpointing={str(not args.no_checkpointing).lower()}"]
     with tempfile.TemporaryDirectory() as tmp:
         index = train([*common, "batching=index"], Path(tmp) / "index")
         dist = train([*common, "batching=dist_index", "gpus=2"], Path(tmp) / "dist_index")
@@ -142,10 +157,12 @@ def main() -> None:
               f"of {args.batch}/rank, rank-0 peak RSS {r['peak_rss_bytes'] / gib:.2f} GiB, node PSS peak "
               f"{r['node_pss_peak_bytes'] / gib:.2f} GiB = {r['node_pss_peak_bytes'] / series:.3f} x series, "
               f"node data bytes {r['node_data_bytes'] / gib:.2f} GiB")
+        print("  at the peak: " + ", ".join(f"{name} {pss / gib:.2f} GiB"
+                                            for name, pss in r["node_pss_peak_by_process"].items()))
     print(f"stgnn-plan batching=standard at this shape: exit {plan.returncode}\n{plan.stdout.strip()}")
     print(json.dumps({
         "nodes": args.nodes, "num_steps": args.num_steps, "stored_features": 1, "series_bytes": series,
-        "train_steps": args.steps, "batch_per_rank": args.batch,
+        "train_steps": args.steps, "batch_per_rank": args.batch, "activation_checkpointing": not args.no_checkpointing,
         "load_s": round(load["load_s"], 2), "load_peak_rss_bytes": load["load_peak_rss_bytes"],
         "load_peak_ratio": round(load["load_peak_rss_bytes"] / series, 4),
         "node_pss_peak_bytes_1_rank": index["node_pss_peak_bytes"],
