@@ -137,3 +137,20 @@ def test_presets_read_the_real_files_with_nothing_missing(preset, window, horizo
     shared_file(cfg.dataset.path.removeprefix("../shared/data/"))
     series = load_dataset(cfg.dataset)
     assert series.adjacency is not None and series.num_nodes == {"chickenpox": 20, "montevideo_bus": 675}[preset]
+
+
+def test_persistence_trains_on_a_weekly_series_without_time_of_day(tmp_path):
+    """model=persistence is fitted like every baseline; a weekly series has no time-of-day slots to give it."""
+    import subprocess
+    import sys
+
+    fx = [[float(np.sin(t / 3 + n)) for n in range(3)] for t in range(80)]
+    edges = [[0, 1], [1, 0], [1, 2], [2, 1]]
+    path = write_json(tmp_path / "pox.json", {"edges": edges, "node_ids": {"A": 0, "B": 1, "C": 2}, "FX": fx})
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "stgnn_launch.cli.train", "dataset=chickenpox", f"dataset.path={path}",
+                           "model=persistence", "trainer.progress=false", f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((run_dir / "results.json").read_text())
+    assert np.isfinite(record["test"]["avg"]["mae"]) and record["model"] == "persistence"

@@ -338,4 +338,6 @@ def fit_baseline(model: nn.Module, prepared: Prepared, device: torch.device) -> 
 
     observed = observed_mask(values, prepared.null_value)
     z_scored = (values - prepared.scaler.mean[:f]) / prepared.scaler.std[:f]
-    model.fit(z_scored.to(device), observed.to(device), prepared.slots(0, stop).to(device))
+    # time-of-day slots exist for sub-daily steps only (the historical average is refused without them)
+    slots = prepared.slots(0, stop).to(device) if prepared.steps_per_day and prepared.has_time_of_day else None
+    model.fit(z_scored.to(device), observed.to(device), slots)
