@@ -82,7 +82,7 @@ def pss_of_tree(root: int) -> dict[str, int]:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
                     found[f"{pid} {name}"] = int(line.split()[1]) * 1024
-        except (OSError, StopIteration, UnicodeDecodeError):
+        except (OSError, UnicodeDecodeError):
             pass
     return found
 
@@ -96,8 +96,9 @@ def train(overrides: list[str], run_dir: Path) -> dict:
     def sample() -> None:
         while proc.poll() is None:
             by_process = pss_of_tree(proc.pid)
-            if sum(by_process.values()) > peak[0]:
-                peak[:] = [sum(by_process.values()), by_process]
+            total = sum(by_process.values())
+            if total > peak[0]:
+                peak[:] = [total, by_process]
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)

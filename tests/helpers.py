@@ -73,3 +73,10 @@ def tiny(model: str = "tgcn") -> tuple[str, ...]:
 
 
 TINY = tiny("tgcn")
+
+
+def is_rank_process(cmdline: list[bytes], run_dir: Path) -> bool:
+    """Whether a /proc/<pid>/cmdline (split at NUL) is a rank of `run_dir`: the module python runs (-m) is the
+    worker, not torchrun's agent, whose own arguments name the worker too."""
+    return (b"-m" in cmdline and cmdline[cmdline.index(b"-m") + 1] == b"stgnn_launch.train.worker"
+            and str(run_dir).encode() in cmdline)

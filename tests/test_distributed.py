@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY
+from helpers import TINY, is_rank_process
 
 pytestmark = pytest.mark.slow
 
@@ -65,9 +65,7 @@ def worker_pids(run_dir: Path) -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            # the module python runs (-m): the worker, not torchrun's agent whose arguments name it
-            is_rank = b"-m" in cmdline and cmdline[cmdline.index(b"-m") + 1] == b"stgnn_launch.train.worker"
-            if is_rank and str(run_dir).encode() in cmdline:
+            if is_rank_process(cmdline, run_dir):
                 pids.append(int(entry.name))
     return pids
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, TINY, compose_config
+from helpers import REPO, TINY, compose_config, is_rank_process
 from stgnn_launch.errors import UserError
 from stgnn_launch.launch.local import interface_address
 from stgnn_launch.launch.slurm import job_for
@@ -197,8 +197,7 @@ class Cluster:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if (b"-m" in cmdline and cmdline[cmdline.index(b"-m") + 1] == b"stgnn_launch.train.worker"
-                    and str(run_dir).encode() in cmdline):
+            if is_rank_process(cmdline, run_dir):
                 pids.append(pid)
         return pids
 

@@ -75,7 +75,6 @@ def load_dataset(cfg: DatasetConfig, time_range: tuple[int, int] | None = None, 
 
         adjacency, _ = load_graph(Path(cfg.adj_path).expanduser(), sensor_ids=series.sensor_ids)
         series = replace(series, graph=adjacency)  # kept as an edge list; Series checks its size
-        del adjacency
     if series.graph is None:
         raise UserError(f"dataset.adj_path: expected a graph file for dataset {cfg.name!r} "
                         f"(the series file carries none), found {cfg.adj_path!r}")

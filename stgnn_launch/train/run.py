@@ -89,11 +89,10 @@ def build_baselines(cfg: Config, plan: Plan, prepared: Prepared, spec: ModelSpec
     baselines: dict[str, nn.Module] = {}
     if cfg.model.name != "persistence":
         baselines["persistence"] = Persistence(spec).to(device)
-    slots = prepared.steps_per_day is not None and prepared.tod_channel is not None
     # Its fit is a pass with full-size temporaries over the training range: beside the model only where that
     # stays small (a year of PeMS would add GBs per rank); model=historical_average itself always fits.
     small = prepared.values[:int(prepared.starts["train"][-1]) + prepared.window].numel() <= SIDE_BASELINE_READINGS
-    if slots and small and plan.shard != "time" and cfg.model.name != "historical_average":
+    if prepared.has_slots and small and plan.shard != "time" and cfg.model.name != "historical_average":
         average = HistoricalAverage(spec).to(device)
         fit_baseline(average, prepared, device)
         baselines["historical_average"] = average
@@ -114,8 +113,7 @@ def build_pipeline(cfg: Config, plan: Plan, ctx: DistContext) -> Pipeline:
     graph = series.graph
     del series
     spec = model_spec(prepared, graph)
-    if getattr(model_class(cfg.model.name), "needs_slots", False) and (
-            prepared.steps_per_day is None or prepared.tod_channel is None):
+    if getattr(model_class(cfg.model.name), "needs_slots", False) and not prepared.has_slots:
         raise UserError(f"model={cfg.model.name}: expected a series whose step divides a day, with the time-of-day "
                         f"covariate (dataset.covariates), found a step of {facts['step']}")
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)  # same initial weights on every rank

@@ -339,5 +339,5 @@ def fit_baseline(model: nn.Module, prepared: Prepared, device: torch.device) -> 
     observed = observed_mask(values, prepared.null_value)
     z_scored = (values - prepared.scaler.mean[:f]) / prepared.scaler.std[:f]
     # time-of-day slots exist for sub-daily steps only (the historical average is refused without them)
-    slots = prepared.slots(0, stop).to(device) if prepared.steps_per_day and prepared.has_time_of_day else None
+    slots = prepared.slots(0, stop).to(device) if prepared.has_slots else None
     model.fit(z_scored.to(device), observed.to(device), slots)

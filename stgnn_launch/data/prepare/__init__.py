@@ -77,6 +77,11 @@ class Prepared:
         """Index in the model input's last axis of the time-of-day covariate, None without one."""
         return self.values.shape[-1] if self.has_time_of_day else None
 
+    @property
+    def has_slots(self) -> bool:
+        """Whether steps have a time-of-day slot: a step dividing a day, and the time-of-day covariate."""
+        return self.steps_per_day is not None and self.has_time_of_day
+
     def slots(self, start: int, stop: int) -> torch.Tensor:
         """Time-of-day slot of steps [start, stop), from the time-of-day covariate."""
         frac = self.covariates[start:stop, 0].to(torch.float64)
