@@ -40,7 +40,8 @@ class StopRequest:
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            if signal.getsignal(sig) == self._handle:  # not one set since (the worker's Ctrl-C ignores SIGTERM)
+                signal.signal(sig, handler)
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:

@@ -17,6 +17,13 @@ from stgnn_launch.errors import UserError
 from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 
 
+def _interrupted(signum: int, frame) -> None:
+    """Ctrl-C: torchrun follows its SIGINT with a SIGTERM at once; ignore that one so that rank 0's
+    failed.json is written before the rank ends."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stgnn_launch.train.worker")
     parser.add_argument("run_dir", type=Path)
@@ -25,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Until training installs its handler, the preemption signal must not kill a rank that is loading data.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         cfg = load_run_config(args.run_dir)
         if args.eval:
