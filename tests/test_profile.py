@@ -106,6 +106,28 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     assert (tmp_path / "study" / "bump_chart.png").read_bytes()[:4] == b"\x89PNG"
     assert "persistence" in out and "±" in out
 
+    # Started again on the same out_dir (its allocation ended): finished runs are reused, not rerun; a run
+    # that did not finish (no results.json) runs again.
+    (tmp_path / "study" / "full" / "tgcn_wide" / "results.json").unlink()
+    assert profile(args) == 0
+    out = capsys.readouterr().out
+    reused = sorted(line.rsplit("/", 2)[-2] + "/" + line.rsplit("/", 1)[-1]
+                    for line in out.splitlines() if line.startswith("stgnn-profile: reusing"))
+    assert reused == ["full/tgcn", "profile/persistence", "profile/tgcn", "profile/tgcn_wide"]
+    again = json.loads((tmp_path / "study" / "profile.json").read_text())
+    assert again["predicted_mae"] == result["predicted_mae"] and again["ranking"] == result["ranking"]
+    assert again["full_val_mae"]["tgcn"] == result["full_val_mae"]["tgcn"]
+    assert (tmp_path / "study" / "full" / "tgcn_wide" / "results.json").is_file()
+
+    from stgnn_launch.config.load import load_run_config
+    from stgnn_launch.profile.runner import finished
+
+    run = tmp_path / "study" / "full" / "tgcn"
+    cfg = load_run_config(run)
+    assert finished(cfg, run)
+    cfg.trainer.lr *= 2  # another config in the same directory is not this run
+    assert not finished(cfg, run)
+
 
 def test_too_short_a_curve_falls_back_to_the_best_value_seen():
     fit = predict_final([1.0, 2.0], [3.0, 2.5], at=10.0)

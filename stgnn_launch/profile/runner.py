@@ -1,31 +1,52 @@
 """Run training configs through the project's launcher and collect their results.json.
 
 launcher=local: one after another, in this process (or under torchrun when gpus > 1);
-launcher=slurm: every run of a phase is submitted at once as a sweep (launch/sweep.py), then followed to its end."""
+launcher=slurm: every run of a phase is submitted at once as a sweep (launch/sweep.py), then followed to its end.
+A run directory that already holds a finished run of the same config is reused, not rerun: a profile that
+ended with its allocation (or a Ctrl-C) continues where it stopped when started again with the same
+profile.out_dir. A run that did not finish starts over (its cost must be one run's wall time)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from stgnn_launch.config.load import save_run_config
+from omegaconf import OmegaConf
+
+from stgnn_launch.config.load import RUN_CONFIG, save_run_config
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
-from stgnn_launch.train.record import RESULTS
+from stgnn_launch.train.record import FAILED, RESULTS
 
 
 def run_all(jobs: list[tuple[Config, Path]]) -> list[dict[str, Any]]:
+    to_run = []
     for cfg, run_dir in jobs:
-        run_dir.mkdir(parents=True, exist_ok=True)
         cfg.run_dir = str(run_dir)
+        if finished(cfg, run_dir):
+            print(f"stgnn-profile: reusing the finished run in {run_dir}", flush=True)
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (RESULTS, FAILED):  # a different config's results must not be read as this run's
+            (run_dir / stale).unlink(missing_ok=True)
         save_run_config(cfg, run_dir)
-    if jobs and jobs[0][0].launcher.name == "slurm":
-        _slurm_sweep(jobs)
+        to_run.append((cfg, run_dir))
+    if to_run and to_run[0][0].launcher.name == "slurm":
+        _slurm_sweep(to_run)
     else:
-        for cfg, run_dir in jobs:
+        for cfg, run_dir in to_run:
             _run_local(cfg, run_dir)
     return [read_results(run_dir) for _, run_dir in jobs]
+
+
+def finished(cfg: Config, run_dir: Path) -> bool:
+    """Whether run_dir holds a run of exactly this config that wrote its results."""
+    saved = run_dir / RUN_CONFIG
+    if not (run_dir / RESULTS).is_file() or (run_dir / FAILED).is_file() or not saved.is_file():
+        return False
+    return OmegaConf.to_container(OmegaConf.load(saved)) == OmegaConf.to_container(OmegaConf.create(asdict(cfg)))
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
