@@ -5,13 +5,15 @@ profile), then to convergence (early stopping) for the true order. Afterwards, p
 order (validation MAE after full training, mean and spread over the seeds), Kendall's tau between that
 order and the representative dataset's (question 1), the profiler's tau between its predicted order and
 the true one, and its cost fraction (profiling time / full training time), per seed and on average
-(question 2). Runs already finished (their profile.json exists) are reused, so the study can be resumed.
+(question 2). Finished pairs (their profile.json exists) are reused, and inside an unfinished pair
+stgnn-profile reuses the runs that finished, so the study can be stopped and resumed.
 
     nice python benchmarks/profile_study.py [--datasets synthetic,losloop,chickenpox,montevideo_bus]
         [--seeds 0 1] [--representative synthetic] [--out benchmarks/results/profile_study] [overrides ...]
 
 Extra overrides (e.g. profile.full_epochs=10) go to every stgnn-profile call; --collect starts nothing and
-summarizes the runs finished so far. Writes study.json and
+summarizes the runs finished so far; --refit also predicts again from each finished pair's stored
+profiling curves with the current predictor (profile/study.py `refit`: nothing trains). Writes study.json and
 study.md under --out; the last line printed is one JSON object.
 """
 
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 from stgnn_launch.profile.rank import kendall_tau, order
+from stgnn_launch.profile.study import refit
 
 MODELS = ["persistence", "historical_average", "tgcn", "a3tgcn", "dcrnn", "gwnet"]
 NO_TIME_OF_DAY = {"chickenpox"}  # weekly steps: no time-of-day slot, so no historical average
@@ -35,11 +38,13 @@ def models_for(dataset: str) -> list[str]:
     return [m for m in MODELS if not (m == "historical_average" and dataset in NO_TIME_OF_DAY)]
 
 
-def run_profile(dataset: str, seed: int, out: Path, overrides: list[str], collect: bool) -> dict | None:
+def run_profile(dataset: str, seed: int, out: Path, overrides: list[str], collect: bool, again: bool) -> dict | None:
     target = out / dataset / f"seed{seed}"
     done = target / "profile.json"
     if not done.is_file() and collect:
         return None
+    if done.is_file() and again:
+        return refit(target)
     if not done.is_file():
         cmd = [sys.executable, "-m", "stgnn_launch.cli.profile", f"dataset={dataset}",
                f"models=[{','.join(models_for(dataset))}]", "profile.full=true", f"trainer.seed={seed}",
@@ -112,13 +117,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/profile_study"))
     parser.add_argument("--collect", action="store_true",
                         help="start nothing: summarize the (dataset, seed) runs already finished")
+    parser.add_argument("--refit", action="store_true",
+                        help="with --collect: predict again from the finished pairs' stored curves (nothing trains)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.refit and not args.collect:
+        raise SystemExit("--refit: expected together with --collect (it only re-predicts finished pairs)")
     datasets = args.datasets.split(",")
     if args.representative not in datasets:
         raise SystemExit(f"--representative: expected one of --datasets {datasets}, found {args.representative!r}")
-    runs = {d: [r for seed in args.seeds if (r := run_profile(d, seed, args.out.resolve(), args.overrides,
-                                                                 args.collect)) is not None] for d in datasets}
+    out = args.out.resolve()
+    runs = {d: [r for seed in args.seeds
+                if (r := run_profile(d, seed, out, args.overrides, args.collect, args.refit)) is not None]
+            for d in datasets}
     runs = {d: found for d, found in runs.items() if found}
     if args.representative not in runs:
         raise SystemExit(f"--representative {args.representative}: no finished run to compare with")

@@ -30,6 +30,20 @@ def test_curve_fit_recovers_known_parameters(form, function, params):
     assert abs(fit.predicted - truth) < 0.05
     assert 0 < fit.std < 0.2
     assert abs(fit.predicted - truth) < 4 * fit.std + 0.01  # the uncertainty covers the truth
+    assert fit.weight > 0.95  # a confident fit keeps its extrapolated gain
+
+
+def test_an_extrapolation_less_certain_than_its_gain_is_shrunk_to_what_was_seen():
+    # Graph WaveNet's profiling curve on the synthetic set, seed 1 (4 epochs on half the windows): the bare
+    # exponential fit ran to 0.27 +- 21.9 at epoch 10; full training reached 1.49.
+    y = [2.826, 2.353, 2.648, 1.699]
+    fit = predict_final([0.5, 1.0, 1.5, 2.0], y, at=10.0)
+    assert fit.extrapolated < 0.5 and fit.extrapolated_std > 5
+    assert fit.weight < 0.01
+    assert min(y) - 0.05 < fit.predicted <= min(y)
+    gain = min(y) - fit.extrapolated
+    assert fit.predicted == pytest.approx(min(y) - gain ** 3 / (gain ** 2 + fit.extrapolated_std ** 2))
+    assert fit.std == pytest.approx(fit.extrapolated_std * fit.weight ** 0.5)
 
 
 @pytest.mark.parametrize("function, params, form", [
@@ -118,6 +132,21 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     assert again["predicted_mae"] == result["predicted_mae"] and again["ranking"] == result["ranking"]
     assert again["full_val_mae"]["tgcn"] == result["full_val_mae"]["tgcn"]
     assert (tmp_path / "study" / "full" / "tgcn_wide" / "results.json").is_file()
+
+    # Predicting again from the stored curves (a newer predictor) trains nothing and keeps the measurements.
+    from stgnn_launch.profile.study import refit
+
+    stored = json.loads((tmp_path / "study" / "profile.json").read_text())
+    worse = 10 * max(stored["predicted_mae"].values())
+    stored["models"]["tgcn"]["val_mae_curve"] = [1.2 * worse, 1.07 * worse, worse]  # now the worst candidate
+    (tmp_path / "study" / "profile.json").write_text(json.dumps(stored))
+    redone = refit(tmp_path / "study")
+    expected = predict_final([0.5, 1.0, 1.5], [1.2 * worse, 1.07 * worse, worse], at=4.0)
+    assert redone["predicted_mae"]["tgcn"] == pytest.approx(expected.predicted) and expected.predicted > worse / 2
+    assert redone["ranking"][-1] == "tgcn"
+    assert redone["full_val_mae"] == again["full_val_mae"] and redone["cost_fraction"] == again["cost_fraction"]
+    assert list(redone)[-4:] == ["ranking", "predicted_mae", "kendall_tau_predicted_vs_full", "cost_fraction"]
+    assert json.loads((tmp_path / "study" / "profile.json").read_text()) == redone
 
     from stgnn_launch.config.load import load_run_config
     from stgnn_launch.profile.runner import finished

@@ -6,9 +6,18 @@ scipy.optimize.curve_fit (bounded trust-region least squares):
     exponential    y = a + b * exp(-c x)   (fast saturation)
 x is training progress in full epochs (epochs x the share of training windows each profiling epoch saw).
 `auto` fits both and keeps the one with the smaller squared error (same parameter count, so this is also
-the smaller AIC). The uncertainty is the delta-method standard deviation of the prediction from the fit's
-parameter covariance; where that is undefined (no more points than parameters, or a fit that failed),
-it is the gap between the prediction and the last observed value.
+the smaller AIC). The fit's uncertainty is the delta-method standard deviation of its value at the end
+from the parameter covariance; where that is undefined (no more points than parameters, or a fit that
+failed), it is the gap between that value and the last observed one.
+
+Shrinkage. Three parameters fitted to a handful of noisy epochs can extrapolate far below anything seen
+(on the synthetic set Graph WaveNet's curve 2.83, 2.35, 2.65, 1.70 extrapolated to 0.27 +- 21.9; full
+training reached 1.49). So the predicted *gain* over the best value seen, g = best - fit, is shrunk by its
+own uncertainty s: predicted = best - w g with w = g^2 / (g^2 + s^2), the posterior mean of the gain under
+a Normal(0, g^2) prior (empirical Bayes, no tuned constant); its standard deviation is sqrt(w) s. A
+confident fit keeps its gain (w ~ 1); one whose uncertainty exceeds its gain stays near what was seen.
+Measured on the study's runs (benchmarks/RESULTS.md, "The profiler's predictor"): mean Kendall tau 0.93
+against full training with shrinkage, 0.65 without, never lower on any run.
 """
 
 from __future__ import annotations
@@ -47,13 +56,17 @@ FORMS: dict[str, tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]] = 
 class CurveFit:
     form: str  # inverse_power | exponential | last_value (no fit possible)
     params: tuple[float, ...]  # (a, b, c)
-    predicted: float  # the curve at the end of full training, never above the best observed value
-    std: float  # uncertainty of `predicted` (see the module docstring)
+    predicted: float  # the MAE expected at the end of full training: best seen - shrunk gain (module docstring)
+    std: float  # uncertainty of `predicted`
     sse: float  # squared error of the fit over the observed points
+    extrapolated: float = float("nan")  # the fitted curve's own value at the end (capped at the best seen)
+    extrapolated_std: float = float("nan")  # its delta-method standard deviation
+    weight: float = 1.0  # w: the share of the extrapolated gain kept
 
     def as_dict(self) -> dict:
         return {"form": self.form, "params": [float(p) for p in self.params], "predicted": float(self.predicted),
-                "std": float(self.std), "sse": float(self.sse)}
+                "std": float(self.std), "sse": float(self.sse), "extrapolated": float(self.extrapolated),
+                "extrapolated_std": float(self.extrapolated_std), "weight": float(self.weight)}
 
 
 def fit_form(form: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,9 +100,13 @@ def predict_final(x: np.ndarray | list[float], y: np.ndarray | list[float], at: 
         sse = float(np.sum((function(x, *params) - y) ** 2))
         fits.append((sse, name, params, cov, float(function(at, *params)), gradient(at, *params)))
     if not fits:
-        return CurveFit("last_value", (best_seen, 0.0, 0.0), best_seen, float(abs(y[-1] - best_seen)), 0.0)
+        std = float(abs(y[-1] - best_seen))
+        return CurveFit("last_value", (best_seen, 0.0, 0.0), best_seen, std, 0.0, best_seen, std, 0.0)
     sse, name, params, cov, value, grad = min(fits, key=lambda fit: fit[0])
-    predicted = min(value, best_seen)  # full training keeps its best epoch: never worse than seen already
+    extrapolated = min(value, best_seen)  # full training keeps its best epoch: never worse than seen already
     variance = float(grad @ cov @ grad) if np.all(np.isfinite(cov)) else np.nan
-    std = np.sqrt(variance) if np.isfinite(variance) and variance >= 0 else abs(float(y[-1]) - predicted)
-    return CurveFit(name, tuple(float(p) for p in params), predicted, float(std), sse)
+    std = np.sqrt(variance) if np.isfinite(variance) and variance >= 0 else abs(float(y[-1]) - extrapolated)
+    gain = best_seen - extrapolated
+    weight = gain ** 2 / (gain ** 2 + std ** 2) if gain > 0 else 0.0
+    return CurveFit(name, tuple(float(p) for p in params), best_seen - weight * gain, float(np.sqrt(weight) * std),
+                    sse, extrapolated, float(std), float(weight))

@@ -77,57 +77,79 @@ def run_study(study: StudyConfig, base: list[str], make_config: MakeConfig, out_
                                  "profile_cost_s": record["wall_time_s"], "profile_run": str(out_dir / "profile" / c.label)}
         if trainable[c.label]:
             curve = [e["val_mae"] for e in record["epochs"]]
-            progress = [(i + 1) * shares[c.label] for i in range(len(curve))]
-            fit = predict_final(progress, curve, at=float(prof.full_epochs), form=prof.curve)
-            entry.update(epochs=len(curve), train_share=shares[c.label], val_mae_curve=curve, curve=fit.as_dict(),
-                         predicted_mae=fit.predicted, predicted_std=fit.std)
+            entry.update(epochs=len(curve), train_share=shares[c.label], val_mae_curve=curve)
+            predict_entry(entry, prof.full_epochs, prof.curve)
         else:
             entry.update(epochs=0, curve={"form": "exact"}, predicted_mae=exact, predicted_std=0.0)
         models[c.label] = entry
-    predicted = {label: m["predicted_mae"] for label, m in models.items()}
-    profile_cost = sum(m["profile_cost_s"] for m in models.values())
-
     result: dict[str, Any] = {
         "dataset": configs[candidates[0].label].dataset.name,
         "study_dir": str(out_dir),
         "budget": {"profile_epochs": epochs, "full_epochs": prof.full_epochs, "train_fraction": prof.train_fraction,
                    "curve": prof.curve},
         "models": models,
-        "profile_cost_s": profile_cost,
+        "profile_cost_s": sum(m["profile_cost_s"] for m in models.values()),
     }
-    orders = {"predicted": order(predicted)}
 
     # 2. Full training of every trainable candidate (early stopping), for the true order on this dataset.
-    true_mae = None
     if prof.full:
-        true_mae, full_cost = _full_runs(candidates, trainable, base, make_config, prof.full_epochs,
-                                         out_dir / "full", models)
-        result["full_val_mae"], result["full_cost_s"] = true_mae, full_cost
-        orders["full training"] = order(true_mae)
+        result["full_val_mae"], result["full_cost_s"] = _full_runs(
+            candidates, trainable, base, make_config, prof.full_epochs, out_dir / "full", models)
 
     # 3. The same candidates trained fully on a reference dataset (question 1: does the dataset permute the order?).
-    reference_mae = None
     if prof.reference:
         ref_base = [o for o in base if not o.startswith(("dataset=", "experiment="))]
         ref_base += [f"dataset={prof.reference}", *prof.reference_overrides]
         reference_mae, _ = _full_runs(candidates, {c.label: True for c in candidates}, ref_base, make_config,
                                       prof.full_epochs, out_dir / "reference", None)
         result["reference"] = {"dataset": prof.reference, "val_mae": reference_mae, "ranking": order(reference_mae),
-                               "target_order_from": "full training" if true_mae else "predicted"}
-        orders[f"reference ({prof.reference})"] = order(reference_mae)
+                               "target_order_from": "full training" if prof.full else "predicted"}
+    return conclude(result, out_dir)
 
-    chart = bump_chart(orders, out_dir / "bump_chart.png", f"model ranks on {result['dataset']}")
-    result["bump_chart"] = str(chart)
-    # The summary keys, last.
+
+SUMMARY_KEYS = ("ranking", "predicted_mae", "kendall_tau_predicted_vs_full", "kendall_tau_reference_vs_target",
+                "cost_fraction")
+
+
+def predict_entry(entry: dict[str, Any], full_epochs: int, form: str) -> None:
+    """A trainable candidate's fit and predicted MAE at `full_epochs`, from its profiling curve."""
+    curve = entry["val_mae_curve"]
+    progress = [(i + 1) * entry["train_share"] for i in range(len(curve))]
+    fit = predict_final(progress, curve, at=float(full_epochs), form=form)
+    entry.update(curve=fit.as_dict(), predicted_mae=fit.predicted, predicted_std=fit.std)
+
+
+def conclude(result: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The orders, the bump chart and the summary keys (last in profile.json) from the models' entries."""
+    for key in ("bump_chart", *SUMMARY_KEYS):
+        result.pop(key, None)
+    predicted = {label: m["predicted_mae"] for label, m in result["models"].items()}
+    true_mae, reference = result.get("full_val_mae"), result.get("reference")
+    orders = {"predicted": order(predicted)}
+    if true_mae is not None:
+        orders["full training"] = order(true_mae)
+    if reference:
+        orders[f"reference ({reference['dataset']})"] = reference["ranking"]
+    result["bump_chart"] = str(bump_chart(orders, out_dir / "bump_chart.png", f"model ranks on {result['dataset']}"))
     result["ranking"] = orders["predicted"]
     result["predicted_mae"] = predicted
     if true_mae is not None:
         result["kendall_tau_predicted_vs_full"] = kendall_tau(predicted, true_mae)
-    if reference_mae is not None:
-        result["kendall_tau_reference_vs_target"] = kendall_tau(reference_mae, true_mae or predicted)
-    result["cost_fraction"] = profile_cost / result["full_cost_s"] if true_mae is not None else None
+    if reference:
+        result["kendall_tau_reference_vs_target"] = kendall_tau(reference["val_mae"], true_mae or predicted)
+    result["cost_fraction"] = result["profile_cost_s"] / result["full_cost_s"] if true_mae is not None else None
     write_json_atomic(result, out_dir / "profile.json")
     return result
+
+
+def refit(out_dir: Path) -> dict[str, Any]:
+    """Predict again from the profiling curves stored in out_dir/profile.json with this version's predictor
+    (nothing trains; costs and full-training results are kept), and rewrite it."""
+    result = json.loads((out_dir / "profile.json").read_text())
+    for entry in result["models"].values():
+        if entry["trainable"]:
+            predict_entry(entry, result["budget"]["full_epochs"], result["budget"]["curve"])
+    return conclude(result, out_dir)
 
 
 def _full_runs(candidates: list[Candidate], trainable: dict[str, bool], base: list[str], make_config: MakeConfig,
@@ -167,6 +189,4 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def summary_line(result: dict[str, Any]) -> str:
-    keys = ("ranking", "predicted_mae", "kendall_tau_predicted_vs_full", "kendall_tau_reference_vs_target",
-            "cost_fraction")
-    return json.dumps({k: result[k] for k in keys if k in result})
+    return json.dumps({k: result[k] for k in SUMMARY_KEYS if k in result})
