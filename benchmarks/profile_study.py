@@ -63,6 +63,17 @@ def spread(values: list[float | None]) -> dict[str, float | None]:
     return {"mean": statistics.mean(found), "std": statistics.stdev(found) if len(found) > 1 else 0.0}
 
 
+def bare_tau(run: dict) -> float | None:
+    """Kendall's tau against full training of the fitted curves' own values (no shrinkage; profile.json
+    written since the predictor shrinks holds them), for comparing the two predictors on the same runs."""
+    bare = {}
+    for label, m in run["models"].items():
+        bare[label] = m["curve"].get("extrapolated") if m["trainable"] else m["predicted_mae"]
+        if bare[label] is None:
+            return None
+    return kendall_tau(bare, run["full_val_mae"])
+
+
 def summarize(runs: dict[str, list[dict]], representative: str) -> dict:
     true_mae = {}
     for dataset, seeds in runs.items():
@@ -81,6 +92,7 @@ def summarize(runs: dict[str, list[dict]], representative: str) -> dict:
             "tau_vs_representative": kendall_tau(rep, mean_mae),
             "tau_predicted_vs_full": spread([s.get("kendall_tau_predicted_vs_full") for s in seeds]),
             "tau_predicted_vs_full_per_seed": [s.get("kendall_tau_predicted_vs_full") for s in seeds],
+            "tau_bare_extrapolation_per_seed": [bare_tau(s) for s in seeds],
             "cost_fraction": spread([s.get("cost_fraction") for s in seeds]),
             "profile_cost_s": spread([s["profile_cost_s"] for s in seeds]),
             "full_cost_s": spread([s["full_cost_s"] for s in seeds]),
@@ -97,15 +109,17 @@ def _fmt(value: dict[str, float | None], digits: int = 2) -> str:
 def markdown(summary: dict, representative: str, command: str) -> str:
     lines = [f"Command: `{command}`", "",
              f"| dataset | true order (full training, mean val MAE over seeds) | tau vs {representative} "
-             "| tau predicted vs full (per seed) | cost fraction |", "|---|---|---:|---|---:|"]
+             "| tau predicted vs full (per seed) | same, bare extrapolation | cost fraction |",
+             "|---|---|---:|---|---|---:|"]
     for dataset, s in summary.items():
         true = " < ".join(f"{m} {s['full_val_mae'][m]['mean']:.3f}±{s['full_val_mae'][m]['std']:.3f}"
                           for m in s["true_order"])
         tau_ref = "—" if dataset == representative or s["tau_vs_representative"] is None \
             else f"{s['tau_vs_representative']:.2f}"
         per_seed = ", ".join("n/a" if t is None else f"{t:.2f}" for t in s["tau_predicted_vs_full_per_seed"])
+        bare = ", ".join("n/a" if t is None else f"{t:.2f}" for t in s["tau_bare_extrapolation_per_seed"])
         lines.append(f"| {dataset} ({s['seeds']} seeds) | {true} | {tau_ref} | {_fmt(s['tau_predicted_vs_full'])} "
-                     f"({per_seed}) | {_fmt(s['cost_fraction'], 3)} |")
+                     f"({per_seed}) | {bare} | {_fmt(s['cost_fraction'], 3)} |")
     return "\n".join(lines) + "\n"
 
 
