@@ -106,6 +106,10 @@ def _fmt(value: dict[str, float | None], digits: int = 2) -> str:
     return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
 
 
+def _per_seed(taus: list[float | None]) -> str:
+    return ", ".join("n/a" if t is None else f"{t:.2f}" for t in taus)
+
+
 def markdown(summary: dict, representative: str, command: str) -> str:
     lines = [f"Command: `{command}`", "",
              f"| dataset | true order (full training, mean val MAE over seeds) | tau vs {representative} "
@@ -116,10 +120,9 @@ def markdown(summary: dict, representative: str, command: str) -> str:
                           for m in s["true_order"])
         tau_ref = "—" if dataset == representative or s["tau_vs_representative"] is None \
             else f"{s['tau_vs_representative']:.2f}"
-        per_seed = ", ".join("n/a" if t is None else f"{t:.2f}" for t in s["tau_predicted_vs_full_per_seed"])
-        bare = ", ".join("n/a" if t is None else f"{t:.2f}" for t in s["tau_bare_extrapolation_per_seed"])
         lines.append(f"| {dataset} ({s['seeds']} seeds) | {true} | {tau_ref} | {_fmt(s['tau_predicted_vs_full'])} "
-                     f"({per_seed}) | {bare} | {_fmt(s['cost_fraction'], 3)} |")
+                     f"({_per_seed(s['tau_predicted_vs_full_per_seed'])}) | "
+                     f"{_per_seed(s['tau_bare_extrapolation_per_seed'])} | {_fmt(s['cost_fraction'], 3)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,13 +9,10 @@ profile.out_dir. A run that did not finish starts over (its cost must be one run
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from stgnn_launch.config.load import RUN_CONFIG, save_run_config
+from stgnn_launch.config.load import RUN_CONFIG, load_run_config, save_run_config
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
 from stgnn_launch.train.record import FAILED, RESULTS
@@ -43,10 +40,12 @@ def run_all(jobs: list[tuple[Config, Path]]) -> list[dict[str, Any]]:
 
 def finished(cfg: Config, run_dir: Path) -> bool:
     """Whether run_dir holds a run of exactly this config that wrote its results."""
-    saved = run_dir / RUN_CONFIG
-    if not (run_dir / RESULTS).is_file() or (run_dir / FAILED).is_file() or not saved.is_file():
+    if not (run_dir / RESULTS).is_file() or (run_dir / FAILED).is_file() or not (run_dir / RUN_CONFIG).is_file():
         return False
-    return OmegaConf.to_container(OmegaConf.load(saved)) == OmegaConf.to_container(OmegaConf.create(asdict(cfg)))
+    try:
+        return load_run_config(run_dir) == cfg
+    except UserError:  # a config.yaml this version no longer accepts is not this run's
+        return False
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
