@@ -21,8 +21,13 @@ def run(run_dir, *overrides):
 def test_two_epochs_then_resume_to_four_equals_four_straight(tmp_path, model):
     base = [*tiny(model), "trainer.lr_milestones=[3]"]
     straight = run(tmp_path / "straight", *base, "trainer.max_epochs=4")
-    run(tmp_path / "resumed", *base, "trainer.max_epochs=2")
+    first = run(tmp_path / "resumed", *base, "trainer.max_epochs=2")
+    first_ckpt = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt")
     resumed = run(tmp_path / "resumed", *base, "trainer.max_epochs=4", "trainer.resume=true")
+    # the run's wall time spans both attempts: the first up to its last checkpoint, then the whole second
+    assert straight["attempts"] == first["attempts"] == 1 and resumed["attempts"] == 2
+    assert 0 < first_ckpt["run_wall_time_s"] <= first["wall_time_s"] == first["attempt_wall_time_s"]
+    assert resumed["wall_time_s"] == first_ckpt["run_wall_time_s"] + resumed["attempt_wall_time_s"]
     strip = lambda epochs: [{k: v for k, v in e.items() if not (k.endswith("_s") or k == "samples_per_s")} for e in epochs]
     assert strip(resumed["epochs"]) == strip(straight["epochs"])
     assert resumed["test"] == straight["test"]

@@ -45,7 +45,7 @@ def test_interrupted_mid_epoch_resumes_to_the_same_weights(tmp_path, gpus):
     assert stopped.returncode != 0 and "stopping at epoch 2 step 3" in stopped.stdout + stopped.stderr
     state = checkpoint.load(tmp_path / "stopped" / "checkpoints" / "last.pt")
     assert state["epoch"] == 1 and state["in_epoch"]["epoch"] == 2 and state["in_epoch"]["step"] == 3
-    assert len(state["rng_per_rank"]) == gpus
+    assert len(state["rng_per_rank"]) == gpus and state["attempt"] == 1 and state["run_wall_time_s"] > 0
     assert not (tmp_path / "stopped" / "results.json").exists() and not (tmp_path / "stopped" / "failed.json").exists()
     resumed = train(tmp_path / "stopped", gpus, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -57,6 +57,8 @@ def test_interrupted_mid_epoch_resumes_to_the_same_weights(tmp_path, gpus):
     second = json.loads((tmp_path / "stopped" / "results.json").read_text())
     assert [e["train_loss"] for e in first["epochs"]] == [e["train_loss"] for e in second["epochs"]]
     assert first["test"] == second["test"]
+    assert first["attempts"] == 1 and second["attempts"] == 2  # the step checkpoint's time is in wall_time_s
+    assert second["wall_time_s"] == state["run_wall_time_s"] + second["attempt_wall_time_s"]
 
 
 def test_periodic_step_checkpoints(tmp_path):

@@ -13,6 +13,7 @@ from stgnn_launch.profile.candidates import parse_candidates
 from stgnn_launch.profile.config import ProfileConfig
 from stgnn_launch.profile.curve import exponential, inverse_power, predict_final
 from stgnn_launch.profile.rank import kendall_tau, order
+from stgnn_launch.train import checkpoint
 
 
 @pytest.mark.parametrize("form, function, params", [
@@ -121,17 +122,23 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     assert "persistence" in out and "±" in out
 
     # Started again on the same out_dir (its allocation ended): finished runs are reused, not rerun; a run
-    # that did not finish (no results.json) runs again.
-    (tmp_path / "study" / "full" / "tgcn_wide" / "results.json").unlink()
+    # stopped after a checkpoint (no results.json) resumes from it, and its cost spans both attempts.
+    wide_dir = tmp_path / "study" / "full" / "tgcn_wide"
+    before = json.loads((wide_dir / "results.json").read_text())
+    stopped_at_s = checkpoint.load(wide_dir / "checkpoints" / "last.pt")["run_wall_time_s"]
+    (wide_dir / "results.json").unlink()
     assert profile(args) == 0
     out = capsys.readouterr().out
     reused = sorted(line.rsplit("/", 2)[-2] + "/" + line.rsplit("/", 1)[-1]
                     for line in out.splitlines() if line.startswith("stgnn-profile: reusing"))
     assert reused == ["full/tgcn", "profile/persistence", "profile/tgcn", "profile/tgcn_wide"]
+    assert f"stgnn-profile: resuming the unfinished run in {wide_dir} from its last checkpoint" in out
     again = json.loads((tmp_path / "study" / "profile.json").read_text())
     assert again["predicted_mae"] == result["predicted_mae"] and again["ranking"] == result["ranking"]
-    assert again["full_val_mae"]["tgcn"] == result["full_val_mae"]["tgcn"]
-    assert (tmp_path / "study" / "full" / "tgcn_wide" / "results.json").is_file()
+    assert again["full_val_mae"] == result["full_val_mae"]
+    resumed = json.loads((wide_dir / "results.json").read_text())
+    assert resumed["attempts"] == 2 and resumed["epochs"] == before["epochs"]
+    assert resumed["wall_time_s"] == stopped_at_s + resumed["attempt_wall_time_s"]
 
     # Predicting again from the stored curves (a newer predictor) trains nothing and keeps the measurements.
     from stgnn_launch.profile.study import refit
@@ -149,13 +156,15 @@ def test_tiny_profile_end_to_end(tmp_path, capsys):
     assert json.loads((tmp_path / "study" / "profile.json").read_text()) == redone
 
     from stgnn_launch.config.load import load_run_config
-    from stgnn_launch.profile.runner import finished
+    from stgnn_launch.profile.runner import finished, stopped_part_way
 
     run = tmp_path / "study" / "full" / "tgcn"
     cfg = load_run_config(run)
+    assert finished(cfg, run) and stopped_part_way(cfg, run)
+    cfg.trainer.resume = not cfg.trainer.resume  # how a run was started is not which run it is
     assert finished(cfg, run)
-    cfg.trainer.lr *= 2  # another config in the same directory is not this run
-    assert not finished(cfg, run)
+    cfg.trainer.lr *= 2  # another config in the same directory is not this run, nor to be resumed
+    assert not finished(cfg, run) and not stopped_part_way(cfg, run)
 
 
 def test_too_short_a_curve_falls_back_to_the_best_value_seen():

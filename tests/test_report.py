@@ -66,7 +66,7 @@ def study(tmp_path) -> Path:
     write_run(sweep, "idx_2_0", "index", 2, 0, epoch_times=[8.0, 2.5], peak_rss_node_bytes=9 * 2**20,
               split={"data_wait_s": 0.5, "compute_s": 1.5, "allreduce_s": 0.3, "eval_s": 0.7})
     write_run(sweep, "idx_2_1", "index", 2, 1, status="running")
-    write_run(sweep, "dist_1_0", "dist_index", 1, 0, epoch_times=[8.0, 4.0])
+    write_run(sweep, "dist_1_0", "dist_index", 1, 0, epoch_times=[8.0, 4.0], attempts=2)  # requeued once
     write_run(sweep, "dist_4_0", "dist_index", 4, 0, status="running")  # written, not submitted yet
     write_run(sweep, "dist_4_1", "dist_index", 4, 1, status="running")  # submitted, queued: no log yet
     (sweep / "only_hydra" / ".hydra").mkdir(parents=True)  # a job refused before it started: no run
@@ -117,6 +117,7 @@ def test_one_csv_row_per_run_with_speedup_and_efficiency(study):
     assert row_of(rows, "standard", 1, 0)["data_wait_s"] == ""  # not recorded: blank, not 0
     assert float(row_of(rows, "standard", 1, 1)["test_mape_pct_avg"]) == pytest.approx(3.2)
     assert row_of(rows, "standard", 1, 0)["job_id"] == "11"
+    assert row_of(rows, "dist_index", 1, 0)["attempts"] == "2" and row_of(rows, "index", 1, 0)["attempts"] == "1"
     failed = row_of(rows, "standard", 4, 0)
     assert failed["error"] == "RuntimeError: out of memory" and failed["speedup"] == failed["epoch_time_s"] == ""
     pending = row_of(rows, "dist_index", 2, 0)  # dataset and model from the sweep's other points

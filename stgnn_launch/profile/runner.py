@@ -4,10 +4,12 @@ launcher=local: one after another, in this process (or under torchrun when gpus 
 launcher=slurm: every run of a phase is submitted at once as a sweep (launch/sweep.py), then followed to its end.
 A run directory that already holds a finished run of the same config is reused, not rerun: a profile that
 ended with its allocation (or a Ctrl-C) continues where it stopped when started again with the same
-profile.out_dir. A run that did not finish starts over (its cost must be one run's wall time)."""
+profile.out_dir. A run of the same config that stopped part way resumes from its last checkpoint; its cost
+(results.json wall_time_s) is then the wall time of all its attempts up to their last checkpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from stgnn_launch.config.load import RUN_CONFIG, load_run_config, save_run_config
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
+from stgnn_launch.train import checkpoint
 from stgnn_launch.train.record import FAILED, RESULTS
 
 
@@ -26,8 +29,12 @@ def run_all(jobs: list[tuple[Config, Path]]) -> list[dict[str, Any]]:
             print(f"stgnn-profile: reusing the finished run in {run_dir}", flush=True)
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
+        resumable = stopped_part_way(cfg, run_dir)
         for stale in (RESULTS, FAILED):  # a different config's results must not be read as this run's
             (run_dir / stale).unlink(missing_ok=True)
+        if resumable:
+            print(f"stgnn-profile: resuming the unfinished run in {run_dir} from its last checkpoint", flush=True)
+        cfg.trainer.resume = resumable
         save_run_config(cfg, run_dir)
         to_run.append((cfg, run_dir))
     if to_run and to_run[0][0].launcher.name == "slurm":
@@ -40,12 +47,30 @@ def run_all(jobs: list[tuple[Config, Path]]) -> list[dict[str, Any]]:
 
 def finished(cfg: Config, run_dir: Path) -> bool:
     """Whether run_dir holds a run of exactly this config that wrote its results."""
-    if not (run_dir / RESULTS).is_file() or (run_dir / FAILED).is_file() or not (run_dir / RUN_CONFIG).is_file():
+    if not (run_dir / RESULTS).is_file() or (run_dir / FAILED).is_file():
+        return False
+    return same_config(cfg, run_dir)
+
+
+def stopped_part_way(cfg: Config, run_dir: Path) -> bool:
+    """Whether run_dir holds a run of this config that was stopped (not failed) after a checkpoint."""
+    last = checkpoint.checkpoint_dir(run_dir) / checkpoint.LAST
+    return last.is_file() and not (run_dir / FAILED).is_file() and same_config(cfg, run_dir)
+
+
+def same_config(cfg: Config, run_dir: Path) -> bool:
+    """run_dir's config.yaml is cfg, up to trainer.resume (how a run was started, not which run it is)."""
+    if not (run_dir / RUN_CONFIG).is_file():
         return False
     try:
-        return load_run_config(run_dir) == cfg
+        saved = load_run_config(run_dir)
     except UserError:  # a config.yaml this version no longer accepts is not this run's
         return False
+    return _fresh(saved) == _fresh(cfg)
+
+
+def _fresh(cfg: Config) -> Config:
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume=False))
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:

@@ -36,7 +36,7 @@ MEMORY_COLUMNS = ["data_bytes_per_rank", "data_bytes_per_node", "series_bytes_pe
                   "peak_rss_bytes_per_rank", "peak_rss_bytes_per_node"]
 SPLIT_COLUMNS = [*SPLIT_KEYS, "data_wait_fraction"]
 ACCURACY_COLUMNS = [f"test_{metric}_{h}" for h in HORIZONS for metric in ("mae", "rmse", "mape_pct")]
-TAIL_COLUMNS = ["epochs", "best_epoch", "setup_time_s", "wall_time_s", "run_dir", "job_id", "error"]
+TAIL_COLUMNS = ["epochs", "best_epoch", "setup_time_s", "wall_time_s", "attempts", "run_dir", "job_id", "error"]
 CSV_COLUMNS = ID_COLUMNS + PERF_COLUMNS + MEMORY_COLUMNS + SPLIT_COLUMNS + ACCURACY_COLUMNS + TAIL_COLUMNS
 NUMERIC_COLUMNS = PERF_COLUMNS + MEMORY_COLUMNS + SPLIT_COLUMNS + ACCURACY_COLUMNS + ["setup_time_s", "wall_time_s"]
 
@@ -102,6 +102,7 @@ def _row(run: Run, flat: dict[str, Any], variant: str, epoch_time: str) -> dict[
         peak_rss_bytes_per_rank=res.get("peak_rss_bytes"), peak_rss_bytes_per_node=res.get("peak_rss_node_bytes"),
         data_wait_fraction=res.get("data_wait_fraction"), epochs=len(epochs), best_epoch=res.get("best_epoch"),
         setup_time_s=res.get("setup_time_s"), wall_time_s=res.get("wall_time_s"),
+        attempts=res.get("attempts", 1),  # > 1: requeued or resumed; wall_time_s spans the attempts
     )
     for key in SPLIT_KEYS:
         row[key] = _median(timed, key)

@@ -189,7 +189,7 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
             log.info(f"warning: dataset {cfg.dataset.name}: {warning}")
         setup_time_s = time.time() - started  # process group, data load, split, scaler, windows, model
         trainer = Trainer(cfg, plan, ctx, pipe.model, pipe.prepared, pipe.source, pipe.batcher, run_dir, log,
-                          pipe.baselines)
+                          pipe.baselines, started=started)
         trainer.fit()
         trainer.load_best()
         val_sums = trainer.evaluate_sums("val")["model"]
@@ -226,6 +226,7 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
 def make_record(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, trainer: Trainer, val_sums: MetricSums,
                 test_sums: MetricSums, baselines: dict[str, Any], setup_time_s: float, started: float) -> dict[str, Any]:
+    attempt_s = time.time() - started
     test = test_sums.result()
     epochs = trainer.history
     total_time = sum(e["epoch_time_s"] for e in epochs)
@@ -256,7 +257,9 @@ def make_record(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, train
         "series_bytes_per_node": per_node,
         "peak_rss_bytes": peak_rss_bytes(),
         "setup_time_s": setup_time_s,
-        "wall_time_s": time.time() - started,
+        "wall_time_s": trainer.earlier_attempts_s + attempt_s,  # over every attempt of a resumed run
+        "attempts": trainer.attempt,
+        "attempt_wall_time_s": attempt_s,
         "git_sha": git_sha(),
         "host": socket.gethostname(),
     }

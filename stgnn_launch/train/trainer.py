@@ -99,7 +99,9 @@ class _CommTimer:
 class Trainer:
     def __init__(self, cfg: Config, plan: Plan, ctx: DistContext, model: nn.Module, prepared: Prepared,
                  source: WindowSource, batcher: Batcher, run_dir: Path, log: RunLog,
-                 baselines: dict[str, nn.Module] | None = None) -> None:
+                 baselines: dict[str, nn.Module] | None = None, started: float | None = None) -> None:
+        """`started`: when this attempt's process began (time.time()), so that checkpoints carry the run's
+        wall time over every attempt: a resumed run's cost is not only its last attempt's."""
         self.cfg, self.plan, self.ctx, self.prepared, self.run_dir = cfg, plan, ctx, prepared, run_dir
         self.source, self.batcher, self.log = source, batcher, log
         self.trainer_cfg = cfg.trainer
@@ -132,6 +134,9 @@ class Trainer:
         self.bad_epochs = 0
         self.start_epoch = 1
         self.in_epoch: dict[str, Any] | None = None  # where a step checkpoint left the current epoch
+        self.attempt = 1  # 2 and on: resumed from a checkpoint
+        self.attempt_started = time.time() if started is None else started
+        self.earlier_attempts_s = 0.0  # the wall time of earlier attempts, up to their last checkpoint
         self.stop = StopRequest(cfg.trainer.checkpoint_every_min)
 
     # ---- one step ----------------------------------------------------------------------------
@@ -290,7 +295,13 @@ class Trainer:
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "best_val": self.best_val, "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "history": self.history, "rng_per_rank": rng, "in_epoch": in_epoch,
+            "attempt": self.attempt, "run_wall_time_s": self.run_wall_time_s(),
         }
+
+    def run_wall_time_s(self) -> float:
+        """Wall time of every attempt so far: earlier ones up to their last checkpoint (work lost after it
+        is not counted: it did not count towards the result), this one up to now."""
+        return self.earlier_attempts_s + time.time() - self.attempt_started
 
     def _save(self, epoch: int, improved: bool, in_epoch: dict[str, Any] | None = None) -> None:
         """`epoch`: the last finished epoch; `in_epoch`: how far the next one got (a step checkpoint)."""
@@ -315,6 +326,11 @@ class Trainer:
         self.bad_epochs, self.history = state["bad_epochs"], list(state["history"])
         self.start_epoch = state["epoch"] + 1
         self.in_epoch = state.get("in_epoch")
+        self.attempt = state.get("attempt", 1) + 1
+        earlier = state.get("run_wall_time_s")
+        if earlier is None:  # a checkpoint from before this field: its epochs' own training and validation times
+            earlier = sum(row["epoch_time_s"] + row.get("eval_s", 0.0) for row in self.history)
+        self.earlier_attempts_s = float(earlier)
         states = state.get("rng_per_rank") or []
         if len(states) == self.ctx.world_size:  # each rank continues its own random stream
             mine = states[self.ctx.rank]
