@@ -36,6 +36,20 @@ def test_two_epochs_then_resume_to_four_equals_four_straight(tmp_path, model):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_without_the_run_wall_time_resumes_with_its_epochs_times(tmp_path):
+    """Checkpoints written before run_wall_time_s existed: earlier attempts count their epochs' own times."""
+    base = [*tiny("tgcn")]
+    run(tmp_path / "old", *base, "trainer.max_epochs=2")
+    path = tmp_path / "old" / "checkpoints" / "last.pt"
+    state = checkpoint.load(path)
+    del state["run_wall_time_s"], state["attempt"]
+    checkpoint.save_atomic(state, path)
+    resumed = run(tmp_path / "old", *base, "trainer.max_epochs=3", "trainer.resume=true")
+    earlier = sum(e["epoch_time_s"] + e["eval_s"] for e in resumed["epochs"][:2])
+    assert resumed["attempts"] == 2 and len(resumed["epochs"]) == 3
+    assert resumed["wall_time_s"] == pytest.approx(earlier + resumed["attempt_wall_time_s"])
+
+
 def test_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     checkpoint.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)

@@ -330,6 +330,7 @@ class Trainer:
         earlier = state.get("run_wall_time_s")
         if earlier is None:  # a checkpoint from before this field: its epochs' own training and validation times
             earlier = sum(row["epoch_time_s"] + row.get("eval_s", 0.0) for row in self.history)
+            earlier += (self.in_epoch or {}).get("elapsed_s", 0.0)  # and the part of an epoch a step checkpoint holds
         self.earlier_attempts_s = float(earlier)
         states = state.get("rng_per_rank") or []
         if len(states) == self.ctx.world_size:  # each rank continues its own random stream
