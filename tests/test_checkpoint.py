@@ -1,5 +1,6 @@
 """Checkpoints: resuming reaches exactly the uninterrupted run; writes are atomic; loads are weights-only."""
 
+import csv
 import pickle
 
 import pytest
@@ -9,6 +10,11 @@ from helpers import compose_config, tiny
 from stgnn_launch.errors import UserError
 from stgnn_launch.train import checkpoint
 from stgnn_launch.train.run import run_training
+
+
+def read_csv(path):
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
 
 
 def run(run_dir, *overrides):
@@ -23,7 +29,13 @@ def test_two_epochs_then_resume_to_four_equals_four_straight(tmp_path, model):
     straight = run(tmp_path / "straight", *base, "trainer.max_epochs=4")
     first = run(tmp_path / "resumed", *base, "trainer.max_epochs=2")
     first_ckpt = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    metrics_csv = tmp_path / "resumed" / "metrics.csv"
+    with metrics_csv.open("a") as handle:  # killed after logging epoch 3, before its checkpoint
+        handle.write("3,9.0,9.0\n")
     resumed = run(tmp_path / "resumed", *base, "trainer.max_epochs=4", "trainer.resume=true")
+    rows = read_csv(metrics_csv)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["val_mae"]) for r in rows] == [e["val_mae"] for e in resumed["epochs"]]
     # the run's wall time spans both attempts: the first up to its last checkpoint, then the whole second
     assert straight["attempts"] == first["attempts"] == 1 and resumed["attempts"] == 2
     assert 0 < first_ckpt["run_wall_time_s"] <= first["wall_time_s"] == first["attempt_wall_time_s"]
@@ -48,6 +60,8 @@ def test_a_checkpoint_without_the_run_wall_time_resumes_with_its_epochs_times(tm
     earlier = sum(e["epoch_time_s"] + e["eval_s"] for e in resumed["epochs"][:2])
     assert resumed["attempts"] == 2 and len(resumed["epochs"]) == 3
     assert resumed["wall_time_s"] == pytest.approx(earlier + resumed["attempt_wall_time_s"])
+    again = run(tmp_path / "old", *base, "trainer.max_epochs=1")  # a fresh run in the same directory
+    assert again["attempts"] == 1 and [r["epoch"] for r in read_csv(tmp_path / "old" / "metrics.csv")] == ["1"]
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):

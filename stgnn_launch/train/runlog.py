@@ -55,7 +55,18 @@ class RunLog:
             return True
         return False
 
-    def epoch(self, row: dict[str, Any]) -> None:
+    def start_epochs(self, rows: list[dict[str, Any]]) -> None:
+        """metrics.csv as training (re)starts: the rows of the epochs it continues from (a resume's), none
+        otherwise. Rows of an earlier run in this directory, or of an epoch past the checkpoint a resume
+        continues from, would read as this run's."""
+        if not self.is_main:
+            return
+        path = self.run_dir / METRICS
+        path.unlink(missing_ok=True)
+        for row in rows:
+            self.epoch(row, tensorboard=False)
+
+    def epoch(self, row: dict[str, Any], tensorboard: bool = True) -> None:
         """One row of metrics.csv per epoch, flushed at once; the header from the first row's keys."""
         if not self.is_main:
             return
@@ -66,7 +77,7 @@ class RunLog:
             if new:
                 writer.writeheader()
             writer.writerow(row)
-        if self._writer is not None:
+        if self._writer is not None and tensorboard:
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, (int, float)):
                     self._writer.add_scalar(key, value, row["epoch"])

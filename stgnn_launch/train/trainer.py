@@ -247,6 +247,7 @@ class Trainer:
             return
         if self.trainer_cfg.resume:
             self._resume()
+        self.log.start_epochs(self.history)
         self.stop.install()
         try:
             self._epochs()
