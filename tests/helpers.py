@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,8 @@ def is_rank_process(cmdline: list[bytes], run_dir: Path) -> bool:
     worker, not torchrun's agent, whose own arguments name the worker too."""
     return (b"-m" in cmdline and cmdline[cmdline.index(b"-m") + 1] == b"stgnn_launch.train.worker"
             and str(run_dir).encode() in cmdline)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))

@@ -1,20 +1,14 @@
 """Checkpoints: resuming reaches exactly the uninterrupted run; writes are atomic; loads are weights-only."""
 
-import csv
 import pickle
 
 import pytest
 import torch
 
-from helpers import compose_config, tiny
+from helpers import compose_config, read_csv, tiny
 from stgnn_launch.errors import UserError
 from stgnn_launch.train import checkpoint
 from stgnn_launch.train.run import run_training
-
-
-def read_csv(path):
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def run(run_dir, *overrides):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import read_csv
 from stgnn_launch.cli.report import main as report_main
 from stgnn_launch.report import build_report
 
@@ -81,11 +81,6 @@ def study(tmp_path) -> Path:
               {"overrides": [], "run_dir": "idx_2_1", "job_id": "14", "logs": [str(log)]}]
     (sweep / "sweep.json").write_text(json.dumps({"points": points}))
     return sweep
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def row_of(rows, batching, gpus, seed):

@@ -257,7 +257,7 @@ def make_record(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, train
         "series_bytes_per_node": per_node,
         "peak_rss_bytes": peak_rss_bytes(),
         "setup_time_s": setup_time_s,
-        "wall_time_s": trainer.earlier_attempts_s + attempt_s,  # over every attempt of a resumed run
+        "wall_time_s": trainer.run_wall_time_s(attempt_s),  # over every attempt of a resumed run
         "attempts": trainer.attempt,
         "attempt_wall_time_s": attempt_s,
         "git_sha": git_sha(),

@@ -299,10 +299,10 @@ class Trainer:
             "attempt": self.attempt, "run_wall_time_s": self.run_wall_time_s(),
         }
 
-    def run_wall_time_s(self) -> float:
+    def run_wall_time_s(self, attempt_s: float | None = None) -> float:
         """Wall time of every attempt so far: earlier ones up to their last checkpoint (work lost after it
-        is not counted: it did not count towards the result), this one up to now."""
-        return self.earlier_attempts_s + time.time() - self.attempt_started
+        is not counted: it did not count towards the result), this one up to now (or `attempt_s`)."""
+        return self.earlier_attempts_s + (time.time() - self.attempt_started if attempt_s is None else attempt_s)
 
     def _save(self, epoch: int, improved: bool, in_epoch: dict[str, Any] | None = None) -> None:
         """`epoch`: the last finished epoch; `in_epoch`: how far the next one got (a step checkpoint)."""
