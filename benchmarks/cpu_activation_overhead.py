@@ -34,7 +34,8 @@ STEPS = ("trainer.max_batches_per_epoch=4", "trainer.max_epochs=1", "trainer.max
 
 
 def planned(overrides: tuple[str, ...]) -> tuple[int, int]:
-    """(the plan's activation bytes before the overhead factor, the plan's other terms), in bytes."""
+    """(the plan's activation bytes before the overhead factor, its other terms of the training phase), in
+    bytes: the phase the measured step's peak belongs to, whichever phase the plan's own peak is in."""
     from hydra import compose, initialize_config_dir
 
     from stgnn_launch.cli.train import CONF_DIR
@@ -46,8 +47,9 @@ def planned(overrides: tuple[str, ...]) -> tuple[int, int]:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = to_config(compose(config_name="config", overrides=list(overrides)))
     estimate = plan_memory(cfg)
+    training = [t.host_node + t.host_rank for t in estimate.terms if t.phase in ("train", "both")]
     act = sum(t.host_node + t.host_rank for t in estimate.terms if t.name.startswith("activations"))
-    return int(act / CPU_ACTIVATION_OVERHEAD), estimate.host_node_peak - act
+    return int(act / CPU_ACTIVATION_OVERHEAD), sum(training) - act
 
 
 def measure(overrides: tuple[str, ...], work: Path) -> int:
