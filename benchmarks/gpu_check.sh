@@ -21,20 +21,26 @@ started=$(date +%s)
 
 if [ "$DRY" = 1 ]; then
   PY="${PYTHON:-python3}"
-  SIZE=(dataset.num_nodes=12 dataset.num_steps=800 batching.batch_size=16 model.params.hidden=8)
+  SIZE=(dataset.num_nodes=12 dataset.num_steps=800 batching.batch_size=16)
+  TGCN=(model.params.hidden=8)
+  DCRNN=(model.params.rnn_units=8)
+  GWNET=(model.params.residual_channels=8 model.params.dilation_channels=8 model.params.skip_channels=16 model.params.end_channels=16)
   PROBE=(--cpu-ok --warmup 2 --steps 3)
   RANKS_EXTRA=(launcher.cpu=true)
 else
   WHEELS="${STGNN_WHEELS:-.whl}"
-  VENV="${STGNN_CHECK_VENV:-/tmp/stgnn-check-venv}"
-  python3 -m venv --system-site-packages "$VENV" || exit 1
-  PY="$VENV/bin/python"
+  SITE="${STGNN_CHECK_SITE:-/tmp/stgnn-check-site}"
+  PY="${PYTHON:-python3}"  # the machine's interpreter and its torch, untouched
   if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-cache-dir "$WHEELS"/*.whl || exit 1
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      "$WHEELS"/*.whl || exit 1
   fi
-  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+  export PYTHONPATH="$SITE:$(pwd)${PYTHONPATH:+:$PYTHONPATH}"  # the project from this checkout
   SIZE=(dataset.num_nodes=325 dataset.num_steps=8064 batching.batch_size=64)
-  PROBE=(--warmup 5 --steps 30)
+  TGCN=()
+  DCRNN=(model.params.rnn_units=64)
+  GWNET=()
+  PROBE=(--warmup 5 --steps 20)
   RANKS_EXTRA=()
 fi
 export STGNN_CACHE="${STGNN_CACHE:-$CHECK_DIR/cache}"
@@ -66,22 +72,22 @@ probe() {  # label, overrides...: the in-process probe (syncs per step, step tim
 }
 
 if [ "$DRY" = 0 ]; then
-  step gpu-tests 300 "$PY" -m pytest -q -x -m gpu -p no:cacheprovider tests
+  step gpu-tests 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
 fi
-probe default
-probe index-gpu batching=index batching.device=gpu
-probe index-host batching=index batching.device=cpu
-probe dist-index-host batching=dist_index batching.device=cpu
-probe standard-gpu batching=standard batching.device=gpu
-probe standard-host batching=standard batching.device=cpu
-probe bf16 trainer.bf16=true
-probe deterministic trainer.deterministic=true
-probe dcrnn model=dcrnn model.params.rnn_units=16 batching.batch_size=16
-probe gwnet model=gwnet batching.batch_size=16
+probe default "${TGCN[@]}"
+probe index-gpu batching=index batching.device=gpu "${TGCN[@]}"
+probe index-host batching=index batching.device=cpu "${TGCN[@]}"
+probe dist-index-host batching=dist_index batching.device=cpu "${TGCN[@]}"
+probe standard-gpu batching=standard batching.device=gpu "${TGCN[@]}"
+probe standard-host batching=standard batching.device=cpu "${TGCN[@]}"
+probe bf16 trainer.bf16=true "${TGCN[@]}"
+probe deterministic trainer.deterministic=true "${TGCN[@]}"
+probe dcrnn model=dcrnn "${DCRNN[@]}" batching.batch_size=16
+probe gwnet model=gwnet "${GWNET[@]}" batching.batch_size=16
 # Two ranks on the one GPU with gloo (NCCL cannot put two ranks on one device): the node-shared series, the
 # feed thread's device, DDP, the stop vote and predictions to rank 0 on the multi-rank GPU code path.
 step two-ranks-gloo 240 "$PY" -m stgnn_launch.cli.train gpus=2 batching=dist_index launcher.backend=gloo \
-  "${SIZE[@]}" "${RANKS_EXTRA[@]}" trainer.max_epochs=1 trainer.max_batches_per_epoch=20 trainer.max_eval_batches=4 \
+  "${SIZE[@]}" "${TGCN[@]}" "${RANKS_EXTRA[@]}" trainer.max_epochs=1 trainer.max_batches_per_epoch=20 trainer.max_eval_batches=4 \
   trainer.save_predictions=true trainer.progress=false "hydra.run.dir=$CHECK_DIR/two_ranks"
 if [ -f "$CHECK_DIR/two_ranks/results.json" ]; then
   "$PY" - "$CHECK_DIR/two_ranks/results.json" <<'EOF' | tee -a "$RESULTS"
