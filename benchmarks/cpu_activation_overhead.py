@@ -41,7 +41,8 @@ def planned(overrides: tuple[str, ...]) -> tuple[int, int]:
     from stgnn_launch.cli.train import CONF_DIR
     from stgnn_launch.config.load import to_config
     from stgnn_launch.config.schema import register_configs
-    from stgnn_launch.memory import CPU_ACTIVATION_OVERHEAD, plan_memory
+    from stgnn_launch.planning.estimate import CPU_ACTIVATION_OVERHEAD
+    from stgnn_launch.planning.fit import plan_memory
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

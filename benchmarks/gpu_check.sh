@@ -84,6 +84,7 @@ probe bf16 trainer.bf16=true "${TGCN[@]}"
 probe deterministic trainer.deterministic=true "${TGCN[@]}"
 probe dcrnn model=dcrnn "${DCRNN[@]}" batching.batch_size=16
 probe gwnet model=gwnet "${GWNET[@]}" batching.batch_size=16
+probe compile trainer.compile=true "${TGCN[@]}"
 # Two ranks on the one GPU with gloo (NCCL cannot put two ranks on one device): the node-shared series, the
 # feed thread's device, DDP, the stop vote and predictions to rank 0 on the multi-rank GPU code path.
 step two-ranks-gloo 240 "$PY" -m stgnn_launch.cli.train gpus=2 batching=dist_index launcher.backend=gloo \
@@ -105,7 +106,8 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip().startswith("{")]
 failed = 0
 print(f"\ngpu check: {sys.argv[2]} s")
-print(f"{'check':<18} {'ok':>3} {'syncs/step':>10} {'step ms':>8} {'est GiB':>8} {'alloc GiB':>9} {'est/alloc':>9} {'test MAE':>8}")
+print(f"{'check':<18} {'ok':>3} {'syncs/step':>10} {'step ms':>8} {'est GiB':>8} {'alloc GiB':>9} {'est/alloc':>9} "
+      f"{'est/used':>8} {'test MAE':>8}")
 g = lambda v: f"{v / 2**30:8.3f}" if isinstance(v, (int, float)) else f"{'-':>8}"
 for r in rows:
     if r["label"] == "machine":
@@ -115,8 +117,8 @@ for r in rows:
     failed += not ok
     f = lambda k, fmt: format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"
     print(f"{r['label']:<18} {'yes' if ok else 'NO':>3} {f('syncs_per_step', '.2f'):>10} {f('step_ms', '.1f'):>8} "
-          f"{g(r.get('device_estimate_bytes'))} {g(r.get('max_allocated_bytes')):>9} "
-          f"{f('estimate_over_allocated', '.2f'):>9} {f('test_mae', '.3f'):>8}")
+          f"{g(r.get('device_tensor_estimate_bytes'))} {g(r.get('max_allocated_bytes')):>9} "
+          f"{f('estimate_over_allocated', '.2f'):>9} {f('estimate_over_used', '.2f'):>8} {f('test_mae', '.3f'):>8}")
 print(f"{failed} failed")
 sys.exit(1 if failed else 0)
 EOF

@@ -6,8 +6,10 @@ memory planner's device estimate against what the CUDA allocator really held.
 Prints one JSON line: label, steps measured, `syncs_per_step` (synchronising CUDA calls counted by
 torch.cuda.set_sync_debug_mode over the measured steps of the real Trainer loop, prefetch thread included),
 `step_ms` (wall time per step, from a device-synchronised start to a device-synchronised end), the plan's
-`device_estimate_bytes`, `max_allocated_bytes` / `max_reserved_bytes` of this rank, their ratio, and the
-test MAE of the (short) run. Without CUDA, `--cpu-ok` runs the same path on the CPU (the check's dry run).
+device estimate against what was held: its tensor part (`device_tensor_estimate_bytes`) against the caching
+allocator's `max_allocated_bytes`, and its whole (`device_estimate_bytes`: tensors, CUDA context, cuBLAS,
+NCCL) against the device's used memory at the end (`device_used_bytes`, cudaMemGetInfo: the context plus
+what the allocator reserved, which it keeps), and the test MAE of the (short) run. Without CUDA, `--cpu-ok` runs the same path on the CPU (the check's dry run).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class SyncCounter:
 
 
 def probe(overrides: list[str], warmup: int, steps: int) -> dict:
-    from stgnn_launch.memory import plan_memory
+    from stgnn_launch.planning.fit import plan_memory
     from stgnn_launch.train.run import build_pipeline, plan_for, _configure_device
     from stgnn_launch.distributed.context import init_distributed, shutdown
     from stgnn_launch.train.runlog import RunLog
@@ -75,6 +77,10 @@ def probe(overrides: list[str], warmup: int, steps: int) -> dict:
     cfg = compose(overrides + [f"trainer.max_batches_per_epoch={warmup + steps}", "trainer.max_epochs=1",
                                "trainer.max_eval_batches=4", "trainer.progress=false", "trainer.log_every_s=3600"])
     estimate = plan_memory(cfg)
+    baseline_used = 0
+    if torch.cuda.is_available():  # what other processes hold on the device (nothing of ours yet)
+        free, total = torch.cuda.mem_get_info()
+        baseline_used = total - free
     run_dir = Path(tempfile.mkdtemp(prefix="gpu_probe_"))
     cfg.run_dir = str(run_dir)
     plan, env = plan_for(cfg)
@@ -121,6 +127,8 @@ def probe(overrides: list[str], warmup: int, steps: int) -> dict:
     measured = steps
     allocated = torch.cuda.max_memory_allocated(ctx.device) if cuda else None
     reserved = torch.cuda.max_memory_reserved(ctx.device) if cuda else None
+    free, total = torch.cuda.mem_get_info(ctx.device) if cuda else (None, None)
+    used = total - free - baseline_used if cuda else None
     shutdown(ctx)
     log.close()
     return {
@@ -128,9 +136,11 @@ def probe(overrides: list[str], warmup: int, steps: int) -> dict:
         "steps": measured, "syncs_per_step": counter.count / measured,
         "step_ms": 1000 * (timing["end"] - timing["start"]) / measured,
         "data_device": str(plan.data_device), "node_shared": plan.node_shared, "batch_size": plan.batch_size,
-        "device_estimate_bytes": estimate.device_rank_peak, "max_allocated_bytes": allocated,
+        "device_estimate_bytes": estimate.device_rank_peak, "device_used_bytes": used,
+        "device_tensor_estimate_bytes": estimate.device_tensor_peak, "max_allocated_bytes": allocated,
         "max_reserved_bytes": reserved,
-        "estimate_over_allocated": (estimate.device_rank_peak / allocated) if allocated else None,
+        "estimate_over_allocated": (estimate.device_tensor_peak / allocated) if allocated else None,
+        "estimate_over_used": (estimate.device_rank_peak / used) if used else None,
         "test_mae": test["avg"]["mae"],
     }
 

@@ -1,4 +1,4 @@
-"""The memory planner (stgnn_launch/memory.py), stgnn-plan, stgnn-train's refusal, activation checkpointing."""
+"""The memory planner (stgnn_launch/planning/), stgnn-plan, stgnn-train's refusal, activation checkpointing."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from helpers import compose_config
-from stgnn_launch.memory import (EXIT_DOES_NOT_FIT, ActivationProfile, estimate_memory, plan_memory,
-                                 probe_activations)
 from stgnn_launch.models.checkpointing import enable_activation_checkpointing
-from stgnn_launch.plan import Machine
+from stgnn_launch.planning.estimate import estimate_memory
+from stgnn_launch.planning.fit import EXIT_DOES_NOT_FIT, estimate_for, plan_memory
+from stgnn_launch.planning.machine import Machine
+from stgnn_launch.planning.probe import ActivationProfile, probe_activations
 
 PEMS = ("dataset.num_nodes=11160", "dataset.num_steps=105120")
 CPU_24G = Machine(cores=2, gpus=0)
@@ -56,9 +57,9 @@ def test_estimate_within_25_percent_of_the_measured_peak(size, tmp_path):
 def test_standard_at_pems_scale_does_not_fit_and_index_does():
     profile = ActivationProfile(per_sample_node=4472.0, fixed=(960.0, 0.0, 0.0), params=(126.0, 0.0))  # dcrnn_pgti
     limit = ("launcher.mem_gb=24",)
-    standard = estimate_memory(compose_config(*PEMS, *limit, "batching=standard"), (105120, 11160, 1), CPU_24G,
+    standard = estimate_for(compose_config(*PEMS, *limit, "batching=standard"), (105120, 11160, 1), CPU_24G,
                                profile)
-    index = estimate_memory(compose_config(*PEMS, *limit, "batching=index"), (105120, 11160, 1), CPU_24G, profile)
+    index = estimate_for(compose_config(*PEMS, *limit, "batching=index"), (105120, 11160, 1), CPU_24G, profile)
     assert not standard.fits and standard.dominant == "materialised windows (all splits)"
     assert standard.host_node_peak > 150 * 2**30  # 105,097 windows x 12 x 11,160 x 3 channels x 4 bytes
     assert "batching=index" in standard.suggestions
@@ -68,8 +69,8 @@ def test_standard_at_pems_scale_does_not_fit_and_index_does():
 def test_dist_index_counts_the_series_once_per_node():
     profile = ActivationProfile(per_sample_node=0.0, fixed=(0.0, 0.0, 0.0), params=(0.0, 0.0))
     shape = (105120, 11160, 1)
-    one = estimate_memory(compose_config(*PEMS, "batching=index"), shape, CPU_24G, profile)
-    two = estimate_memory(compose_config(*PEMS, "batching=dist_index", "gpus=2"), shape, CPU_24G, profile)
+    one = estimate_for(compose_config(*PEMS, "batching=index"), shape, CPU_24G, profile)
+    two = estimate_for(compose_config(*PEMS, "batching=dist_index", "gpus=2"), shape, CPU_24G, profile)
     series = 105120 * 11160 * 4
     assert [t.host_node for t in two.terms if t.name.startswith("resident series")] == [series]
     assert two.host_node_peak <= 2 * one.host_node_peak - series  # two index ranks would hold it twice
@@ -77,7 +78,7 @@ def test_dist_index_counts_the_series_once_per_node():
 
 def test_bfloat16_halves_the_resident_series():
     profile = ActivationProfile(per_sample_node=0.0, fixed=(0.0, 0.0, 0.0), params=(0.0, 0.0))
-    e = estimate_memory(compose_config(*PEMS, "batching.dtype=bfloat16"), (105120, 11160, 1), CPU_24G, profile)
+    e = estimate_for(compose_config(*PEMS, "batching.dtype=bfloat16"), (105120, 11160, 1), CPU_24G, profile)
     assert [t.host_rank for t in e.terms if t.name == "resident series"] == [105120 * 11160 * 2]
 
 
@@ -105,17 +106,17 @@ def test_stgnn_train_refuses_before_reading_any_data(tmp_path):
 
 
 def test_auto_batch_is_the_largest_power_of_two_that_fits():
-    from stgnn_launch.memory import auto_batch_size
+    from stgnn_launch.planning.fit import auto_batch_size
 
     profile = ActivationProfile(per_sample_node=100_000.0, fixed=(0.0, 0.0, 0.0), params=(0.0, 0.0))
     cfg = compose_config("dataset.num_nodes=1000", "dataset.num_steps=20000", "batching.batch_size=auto",
                          "batching.max_batch_size=1024", "launcher.mem_gb=8")
     size = auto_batch_size(cfg, (20000, 1000, 1), CPU_24G, profile)
-    fits = lambda b: estimate_memory(cfg, (20000, 1000, 1), CPU_24G, profile, batch_size=b).fits  # noqa: E731
+    fits = lambda b: estimate_memory(cfg, (20000, 1000, 1), CPU_24G, profile, b).fits  # noqa: E731
     assert fits(size) and not fits(2 * size) and size & (size - 1) == 0 and 1 < size < 1024
     # The default (auto up to 64): the field's batch where it fits, a smaller one only where it does not.
     assert auto_batch_size(compose_config("launcher.mem_gb=8"), (20000, 1000, 1), CPU_24G, profile) == min(64, size)
-    estimate = estimate_memory(compose_config("launcher.mem_gb=8"), (20000, 1000, 1), CPU_24G, profile)
+    estimate = estimate_for(compose_config("launcher.mem_gb=8"), (20000, 1000, 1), CPU_24G, profile)
     assert estimate.batch_size == min(64, size) and "auto: the largest up to batching.max_batch_size=64" in estimate.table()
 
 
@@ -123,7 +124,7 @@ def test_auto_batch_is_the_largest_power_of_two_that_fits():
 @pytest.mark.parametrize("model", ["dcrnn", "dcrnn_pgti", "tgcn"])
 def test_checkpointing_keeps_gradients_and_lowers_the_activation_peak(model):
     from helpers import TINY_PARAMS
-    from stgnn_launch.memory import _probe_graph
+    from stgnn_launch.planning.probe import _probe_graph
     from stgnn_launch.models.registry import ModelSpec, build_model
 
     spec = ModelSpec(num_nodes=12, in_features=2, out_features=1, window=12, horizon=12,

@@ -165,7 +165,7 @@ def test_deepcopy_gives_identical_outputs(name):
 def test_checkpoint_holds_no_graph_matrix(name):
     """The N x N operators are plain attributes: no buffer/parameter of shape N x N (DDP, checkpoints)."""
     model = build(name, make_spec())
-    assert all(tuple(t.shape[-2:]) != (N, N) for t in model.state_dict().values())
+    assert all(tuple(t.shape[-2:]) != (N, N) for t in model.state_dict().values() if isinstance(t, torch.Tensor))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -301,7 +301,7 @@ def test_dcrnn_batches_seen_counts_training_forwards_and_is_saved():
     spec = make_spec()
     x, y = make_batch()
     model = build("dcrnn", spec, rnn_units=8)
-    assert model.batches_seen.dtype == torch.long and int(model.batches_seen) == 0
+    assert model.batches_seen == 0 and not list(model.buffers())  # a host count: nothing for DDP to broadcast
     model.train()
     model(x, targets=y)
     model(x)
@@ -310,10 +310,14 @@ def test_dcrnn_batches_seen_counts_training_forwards_and_is_saved():
         model.eval()(x, targets=y)
     assert int(model.batches_seen) == 2
     state = save_load(model.state_dict())
-    assert int(state["batches_seen"]) == 2
+    assert state["_extra_state"] == {"batches_seen": 2}
     twin = build("dcrnn", spec, seed=1, rnn_units=8)
     twin.load_state_dict(state)
-    assert int(twin.batches_seen) == 2
+    assert twin.batches_seen == 2
+    legacy = {k: v for k, v in state.items() if k != "_extra_state"} | {"batches_seen": torch.tensor(7)}
+    twin.load_state_dict(legacy)  # a checkpoint from when the count was a buffer
+    assert twin.batches_seen == 7
+    twin.batches_seen = 2
     assert twin.teacher_forcing_probability().item() == pytest.approx(2000 / (2000 + math.exp(2 / 2000)))
 
 
@@ -329,7 +333,7 @@ def test_dcrnn_feeds_truth_early_and_its_own_output_late():
     assert not torch.allclose(a[:, 1:], b[:, 1:])
     # p ~ 0 after many batches: the targets are never used, training output == eval output.
     model = build("dcrnn", spec, rnn_units=8).train()
-    model.batches_seen.fill_(10**6)
+    model.batches_seen = 10**6
     with torch.no_grad():
         a, b = model(x, targets=y), model(x, targets=other)
         c = model.eval()(x)

@@ -6,7 +6,9 @@ import torch
 from helpers import compose_config
 from stgnn_launch.distributed.context import RankEnv
 from stgnn_launch.errors import UserError
-from stgnn_launch.plan import Machine, estimated_data_bytes, make_plan
+from stgnn_launch.planning.layout import estimated_data_bytes
+from stgnn_launch.planning.machine import Machine
+from stgnn_launch.planning.plan import make_plan
 
 CPU_NODE = Machine(cores=16, gpus=0)
 GPU_NODE = Machine(cores=32, gpus=4, gpu_memory_bytes=80 * 2**30)
@@ -14,7 +16,8 @@ RANK1_OF_4 = RankEnv(rank=1, local_rank=1, world_size=4, local_world_size=4)
 
 
 def plan(*overrides, env=RankEnv(), machine=CPU_NODE, shape=(52116, 325, 1)):
-    return make_plan(compose_config(*overrides), env, machine, lambda: shape)
+    """A rank's plan from a config as stgnn-train writes it (the automatic batch already a number)."""
+    return make_plan(compose_config("batching.batch_size=64", *overrides), env, machine, lambda: shape)
 
 
 def test_cpu_ranks_share_the_cores_and_the_series():
@@ -39,9 +42,10 @@ def test_auto_puts_the_series_on_the_gpu_when_it_fits():
     assert "too large" in " ".join(pems.notes)
 
 
-def test_gpu_resident_series_is_not_node_shared_and_cpu_request_is_honoured():
+def test_gpu_resident_series_is_copied_from_the_node_shared_one_and_cpu_request_is_honoured():
     p = plan("batching=dist_index", "batching.device=gpu", env=RANK1_OF_4, machine=GPU_NODE)
-    assert p.data_device.type == "cuda" and not p.node_shared
+    assert p.data_device.type == "cuda" and p.node_shared  # one host copy per node, each GPU's copy made from it
+    assert "shared host copy" in " ".join(p.notes)
     assert plan("batching=index", "batching.device=cpu", machine=GPU_NODE).data_device.type == "cpu"
     assert plan("batching=index", "batching.device=gpu").data_device.type == "cpu"  # no GPU here: noted
     assert plan("batching=index", "launcher.cpu=true", machine=GPU_NODE).compute_device.type == "cpu"
@@ -69,6 +73,16 @@ def test_time_shards_schedule_alone_and_resident_precision():
     assert plan("batching.dtype=bfloat16").series_dtype == torch.bfloat16
 
 
-def test_more_local_ranks_than_gpus_is_refused():
+def test_more_local_ranks_than_gpus_is_refused_under_nccl_and_shared_round_robin_under_gloo():
+    rank5 = RankEnv(rank=5, local_rank=5, world_size=8, local_world_size=8)
     with pytest.raises(UserError, match="gpus: expected at most 4 ranks per node"):
-        plan(env=RankEnv(rank=5, local_rank=5, world_size=8, local_world_size=8), machine=GPU_NODE)
+        plan(env=rank5, machine=GPU_NODE)
+    p = plan("launcher.backend=gloo", env=rank5, machine=GPU_NODE)
+    assert p.backend == "gloo" and p.compute_device == torch.device("cuda", 1)
+
+
+def test_auto_batch_is_decided_by_the_launcher_not_by_each_rank():
+    with pytest.raises(UserError, match="batching.batch_size: expected a number in the run's config.yaml"):
+        make_plan(compose_config("batching.batch_size=auto"), RANK1_OF_4, GPU_NODE, lambda: (52116, 325, 1))
+    single = make_plan(compose_config("batching.batch_size=auto"), RankEnv(), CPU_NODE, lambda: (4032, 80, 1))
+    assert single.batch_size == 64  # one process may still size itself

@@ -29,7 +29,7 @@ def rank_main(rank: int, world: int, port: int, cfg, out_dir: str) -> None:
     from stgnn_launch.data.datasets import load_dataset
     from stgnn_launch.distributed.context import RankEnv, barrier, init_distributed, shutdown
     from stgnn_launch.distributed.shared_series import load_node_shared
-    from stgnn_launch.plan import prepare_spec
+    from stgnn_launch.planning.layout import prepare_spec
 
     ctx = init_distributed(RankEnv.from_environ(), torch.device("cpu"), "gloo")
     series, stats = load_node_shared(cfg.dataset, prepare_spec(cfg), torch.float32, ctx, cfg.run_dir)

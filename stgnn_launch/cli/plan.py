@@ -21,7 +21,7 @@ from stgnn_launch.config.load import to_config
 from stgnn_launch.config.preflight import check_model_params
 from stgnn_launch.config.schema import register_configs
 from stgnn_launch.errors import UserError
-from stgnn_launch.memory import EXIT_DOES_NOT_FIT, plan_memory
+from stgnn_launch.planning.fit import EXIT_DOES_NOT_FIT, plan_memory
 
 
 def report(cfg: DictConfig) -> int:

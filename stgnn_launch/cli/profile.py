@@ -16,7 +16,7 @@ from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from stgnn_launch.config.load import to_config
-from stgnn_launch.memory import settle_batch_size
+from stgnn_launch.planning.fit import settle_batch_size
 from stgnn_launch.config.schema import Config, register_configs
 from stgnn_launch.errors import UserError
 from stgnn_launch.profile.candidates import Candidate

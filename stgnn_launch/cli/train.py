@@ -26,7 +26,7 @@ def launch(cfg: DictConfig) -> int:
     config = to_config(cfg)
     check_model_params(config.model.name, dict(config.model.params))  # before any data is read
     if not in_torchrun():  # the launcher's check, once, before any data is read (ranks skip it)
-        from stgnn_launch.memory import check_fits, settle_batch_size
+        from stgnn_launch.planning.fit import check_fits, settle_batch_size
 
         settle_batch_size(config, check_fits(config))
     run_dir = Path(HydraConfig.get().runtime.output_dir)

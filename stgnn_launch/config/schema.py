@@ -213,6 +213,8 @@ class LauncherConfig:
     local_addr: Optional[str] = None  # torchrun --local_addr: the address this node announces (local runs)
     rdzv_conf: Optional[str] = None  # torchrun --rdzv_conf, e.g. "join_timeout=900,read_timeout=120"
     socket_ifname: Optional[str] = None  # GLOO_/NCCL_SOCKET_IFNAME; on Slurm each node announces its address on it
+    backend: str = "auto"  # auto (nccl on GPUs, gloo on CPUs) | gloo: on GPUs too, ranks may then share a GPU
+    gpu_mem_gb: Optional[float] = None  # memory of one GPU of the Slurm nodes: the plan checks the device side
 
     def __post_init__(self) -> None:
         _check(self.name in ("local", "slurm"), "launcher.name", "local or slurm", self.name)
@@ -230,6 +232,9 @@ class LauncherConfig:
         _check(self.array_parallelism is None or self.array_parallelism >= 1, "launcher.array_parallelism",
                "a positive number of array tasks running at once, or null (one job per sweep point)",
                self.array_parallelism)
+        _check(self.backend in ("auto", "gloo"), "launcher.backend", "auto or gloo", self.backend)
+        _check(self.gpu_mem_gb is None or self.gpu_mem_gb > 0, "launcher.gpu_mem_gb", "a positive number of GiB or null",
+               self.gpu_mem_gb)
         _check(self.rdzv_conf is None or all("=" in item for item in self.rdzv_conf.split(",")),
                "launcher.rdzv_conf", "key=value pairs separated by commas", self.rdzv_conf)
 

@@ -112,13 +112,35 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return tensor
 
 
-def vote_any(flags: list[bool], ctx: DistContext) -> list[bool]:
-    """For each flag: did any rank raise it? One small host-side all-reduce on the control group."""
-    if not ctx.distributed:
-        return list(flags)
-    tensor = torch.tensor([1.0 if f else 0.0 for f in flags])
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=ctx.control)
-    return [bool(v > 0) for v in tensor.tolist()]
+class StepVote:
+    """The ranks' vote at each step boundary, read one step later: an asynchronous all-reduce (MAX) on the
+    host-side control group, so that no rank blocks on the others after every step and the hosts are not
+    held in lockstep. Every rank reads the same result at the same step, so all act at the same boundary.
+    One process: the flags are its own, at once."""
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx = ctx
+        self.pending: tuple[object, torch.Tensor] | None = None
+
+    def cast(self, flags: list[bool]) -> list[bool]:
+        """Send this step's flags; return the result of the previous step's vote (all False at a first step)."""
+        if not self.ctx.distributed:
+            return list(flags)
+        result = self.collect(len(flags))
+        tensor = torch.tensor([1.0 if f else 0.0 for f in flags])
+        self.pending = (dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.ctx.control, async_op=True),
+                        tensor)
+        return result
+
+    def collect(self, count: int = 0) -> list[bool]:
+        """The pending vote's result (waited for); all False when none is pending. Acting on a result, or
+        leaving the loop, collects the pending one so that no collective stays in flight."""
+        if self.pending is None:
+            return [False] * count
+        work, tensor = self.pending
+        self.pending = None
+        work.wait()
+        return [bool(v > 0) for v in tensor.tolist()]
 
 
 def barrier(ctx: DistContext) -> None:

@@ -21,9 +21,11 @@ from stgnn_launch.launch.torchrun import build_torchrun_cmd, socket_env
 SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
 
 
-def node_capacity(cpu_only: bool) -> tuple[int, str]:
-    """How many ranks this node can hold: its GPUs, or its cores when it has none."""
+def node_capacity(cpu_only: bool, share_gpus: bool = False) -> tuple[int, str]:
+    """How many ranks this node can hold: its GPUs (its cores when gloo ranks share them), or its cores."""
     if not cpu_only and torch.cuda.is_available():
+        if share_gpus:
+            return usable_cores(), "CPU cores; gloo ranks share the GPUs"
         return torch.cuda.device_count(), "GPUs"
     return usable_cores(), "CPU cores (no GPU, so ranks are CPU processes on gloo)"
 
@@ -46,7 +48,7 @@ def run_torchrun_locally(cfg: Config, run_dir: Path, worker_args: tuple[str, ...
     With `replace_process`, torchrun takes this process's place (exec) instead of running beside it: the
     launcher has nothing left to do once the ranks start, and an idle interpreter holding torch would be
     ~0.26 GiB of the node's memory (5% of a year of PeMS's series) for the whole run."""
-    capacity, what = node_capacity(bool(cfg.launcher.cpu))
+    capacity, what = node_capacity(bool(cfg.launcher.cpu), cfg.launcher.backend == "gloo")
     if cfg.gpus > capacity:
         raise UserError(f"gpus: expected at most {capacity} on this node ({capacity} {what}), found {cfg.gpus}")
     launcher = cfg.launcher

@@ -203,7 +203,7 @@ def cpus_per_task(cfg: Config) -> int | None:
     if launcher.cpus_per_task is not None:
         return launcher.cpus_per_task
     # One core per gloo rank on CPU nodes; on GPU nodes cpus_per_rank each (the ranks' threads are then the
-    # node's cores / GPUs per node, see plan.py), so batch assembly does not run on one core.
+    # node's cores / GPUs per node, see planning/plan.py), so batch assembly does not run on one core.
     return launcher.gpus_per_node * (1 if launcher.cpu else launcher.cpus_per_rank)
 
 

@@ -55,7 +55,19 @@ class HistoricalAverage(nn.Module):
         self.tod_channel = spec.tod_channel
         table = torch.zeros(spec.steps_per_day, spec.num_nodes, spec.out_features)
         self.register_buffer("table", table)  # persistent: the fitted state is the whole model
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.fitted = False  # a host flag: asking it per batch costs no device round trip
+
+    def get_extra_state(self) -> dict[str, bool]:
+        return {"fitted": self.fitted}
+
+    def set_extra_state(self, state: dict[str, bool]) -> None:
+        self.fitted = bool(state["fitted"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        legacy = state_dict.pop(prefix + "fitted", None)  # from when the flag was a buffer
+        if legacy is not None:
+            state_dict.setdefault(prefix + "_extra_state", {"fitted": bool(legacy)})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def fit(self, train_values: ArrayLike, train_observed: ArrayLike, train_slots: ArrayLike) -> None:
@@ -82,10 +94,10 @@ class HistoricalAverage(nn.Module):
         overall = sums.sum(0) / counts.sum(0).clamp_min(1)  # N x F_out; 0 for a never-observed sensor
         table = torch.where(counts > 0, sums / counts.clamp_min(1), overall)
         self.table.copy_(table.to(self.table.dtype))
-        self.fitted.fill_(True)
+        self.fitted = True
 
     def forward(self, x: Tensor, targets: Tensor | None = None) -> Tensor:
-        if not bool(self.fitted):
+        if not self.fitted:
             raise RuntimeError("historical_average: call fit(...) before predicting")
         days = self.steps_per_day
         frac = x[:, -1, :, self.tod_channel]  # B x N, fraction of the day of the last input step

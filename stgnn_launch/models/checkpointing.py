@@ -26,7 +26,7 @@ FLAG = "activation_checkpointing"
 
 @dataclass
 class CheckpointStats:
-    """What the checkpointed steps kept: read by the memory planner's probe (stgnn_launch/memory.py)."""
+    """What the checkpointed steps kept: read by the memory planner's probe (stgnn_launch/planning/probe.py)."""
 
     calls: int = 0
     held: dict[int, int] = field(default_factory=dict)  # storage -> bytes of the inputs kept for the backward

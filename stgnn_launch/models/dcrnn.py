@@ -118,14 +118,27 @@ class DCRNN(nn.Module):
         self.encoder = stack(spec.in_features)
         self.decoder = stack(spec.out_features)
         self.projection = nn.Linear(rnn_units, spec.out_features)
-        # Persistent so that a resumed run continues the same sampling schedule.
-        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+        # Counted on the host and saved as the module's extra state, so that a resumed run continues the same
+        # sampling schedule: no device op per step, and no buffer for DDP to broadcast before every forward.
+        self.batches_seen = 0
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"batches_seen": self.batches_seen}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.batches_seen = int(state["batches_seen"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        legacy = state_dict.pop(prefix + "batches_seen", None)  # checkpoints from when it was a buffer
+        if legacy is not None:
+            state_dict.setdefault(prefix + "_extra_state", {"batches_seen": int(legacy)})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def teacher_forcing_probability(self) -> Tensor:
         """The probability of feeding the truth at the current `batches_seen` (1 without curriculum,
-        as in the reference TensorFlow code, which then always feeds the truth in training)."""
+        as in the reference TensorFlow code, which then always feeds the truth in training); a host scalar."""
         if not self.use_curriculum_learning:
-            return torch.ones((), dtype=torch.float64, device=self.batches_seen.device)
+            return torch.ones((), dtype=torch.float64)
         return inverse_sigmoid_decay(self.batches_seen, self.cl_decay_steps)
 
     @staticmethod
@@ -145,10 +158,10 @@ class DCRNN(nn.Module):
 
         use_truth = None
         if self.training and targets is not None:
-            # One coin per decoder step from the global CPU generator (reproducible from
-            # torch.manual_seed); compared on the device so that no host sync is needed.
-            coins = torch.rand(self.horizon).to(x.device)
-            use_truth = coins < self.teacher_forcing_probability().to(x.device)
+            # One coin per decoder step, drawn on the input's device (reproducible from torch.manual_seed,
+            # the device generator checkpointed per rank) against a host probability: no host sync.
+            coins = torch.rand(self.horizon, device=x.device)
+            use_truth = coins < float(self.teacher_forcing_probability())
             truth = targets.permute(1, 2, 0, 3)  # H x N x B x F_out
 
         inp = x.new_zeros(nodes, batch, self.out_features)  # GO symbol

@@ -1,5 +1,6 @@
 """`trainer.save_predictions=true`: the de-normalised predictions, targets and mask of a split, in window
-order, gathered from every rank into one `.npz` written by rank 0."""
+order, gathered from every rank to rank 0 alone (over the host-side control group: no GPU memory, and no rank
+receives the others' predictions) into one `.npz` written by rank 0."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def save_predictions(trainer, split: str, path: Path) -> None:
     mine = (torch.cat(preds).numpy(), torch.cat(targets).numpy())
     parts = [mine]
     if ctx.distributed:  # rank blocks are contiguous and in rank order: concatenation is window order
-        parts = [None] * ctx.world_size
-        dist.all_gather_object(parts, mine)
+        parts = [None] * ctx.world_size if ctx.is_main else None
+        dist.gather_object(mine, parts, dst=0, group=ctx.control)
     if ctx.is_main:
         pred = np.concatenate([p for p, _ in parts])
         target = np.concatenate([t for _, t in parts])

@@ -1,6 +1,6 @@
 """One rank's whole run: plan -> data -> split and scaler -> windows -> model -> train -> test -> record.
 
-The plan (stgnn_launch/plan.py) is decided once, here, and every step below only reads it.
+The plan (stgnn_launch/planning/) is decided once, here, and every step below only reads it.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from stgnn_launch.distributed.context import DistContext, RankEnv, init_distribu
 from stgnn_launch.errors import UserError
 from stgnn_launch.models.checkpointing import enable_activation_checkpointing
 from stgnn_launch.models.registry import ModelSpec, build_model, model_class
-from stgnn_launch.memory import SIDE_BASELINE_READINGS
-from stgnn_launch.plan import Machine, Plan, apply_threads, make_plan
+from stgnn_launch.planning.estimate import SIDE_BASELINE_READINGS
+from stgnn_launch.planning.machine import Machine
+from stgnn_launch.planning.plan import Plan, apply_threads, make_plan
 from stgnn_launch.train.metrics import MetricSums
 from stgnn_launch.train.preemption import Preempted
 from stgnn_launch.train.record import FAILED, RESULTS, git_sha, peak_rss_bytes, write_json_atomic
@@ -94,7 +95,7 @@ def build_baselines(cfg: Config, plan: Plan, prepared: Prepared, spec: ModelSpec
     small = prepared.values[:int(prepared.starts["train"][-1]) + prepared.window].numel() <= SIDE_BASELINE_READINGS
     if prepared.has_slots and small and plan.shard != "time" and cfg.model.name != "historical_average":
         average = HistoricalAverage(spec).to(device)
-        fit_baseline(average, prepared, device)
+        fit_baseline(average, prepared)
         baselines["historical_average"] = average
     return baselines
 
@@ -120,10 +121,12 @@ def build_pipeline(cfg: Config, plan: Plan, ctx: DistContext) -> Pipeline:
     model = build_model(cfg.model.name, spec, dict(cfg.model.params)).to(plan.compute_device)
     enable_activation_checkpointing(model, cfg.trainer.activation_checkpointing)  # read by the models' steps
     if not getattr(model, "trainable", True):
-        fit_baseline(model, prepared, plan.compute_device)
+        fit_baseline(model, prepared)
     baselines = build_baselines(cfg, plan, prepared, spec, plan.compute_device)
     source = build_source(plan.mode, prepared, plan.data_device, plan.compute_device)
-    if plan.mode == "standard":  # the field's pipeline keeps only the materialized windows; so does ours
+    # The field's pipeline keeps only the materialized windows (standard); a series on the GPU needs no host
+    # copy (a node-shared one stays mapped once per node, for the node's other ranks): drop this rank's view.
+    if plan.mode == "standard" or plan.data_on_gpu:
         prepared = prepared.with_values(torch.empty((0,) + tuple(prepared.values.shape[1:]),
                                                     dtype=prepared.values.dtype))
     batcher = Batcher(source.count("train"), batch_size=plan.batch_size, shuffle=cfg.batching.shuffle,
@@ -137,6 +140,25 @@ def _configure_device(cfg: Config, plan: Plan) -> None:
     if plan.compute_device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.trainer.tf32
         torch.backends.cudnn.allow_tf32 = cfg.trainer.tf32
+
+
+def data_bytes_held(plan: Plan, ctx: DistContext, pipe: Pipeline) -> dict[str, int]:
+    """Data (series or windows, covariates) really held, host and device apart, per rank and per node: a
+    node-shared host copy counts once per node (also where each GPU holds its own copy made from it)."""
+    held = pipe.source.data_bytes
+    shared = getattr(pipe.source, "series_bytes", 0) if plan.node_shared else 0
+    device = held if plan.data_on_gpu else 0
+    host = 0 if plan.data_on_gpu else held - shared
+    ranks = ctx.local_world_size
+    return {"host_data_bytes_per_rank": host, "host_data_bytes_per_node": ranks * host + shared,
+            "device_data_bytes_per_rank": device, "device_data_bytes_per_node": ranks * device}
+
+
+def device_peaks(ctx: DistContext) -> dict[str, int | None]:
+    """This rank's GPU memory peaks (the caching allocator's), beside the host's peak RSS."""
+    cuda = ctx.device.type == "cuda"
+    return {"device_peak_allocated_bytes": torch.cuda.max_memory_allocated(ctx.device) if cuda else None,
+            "device_peak_reserved_bytes": torch.cuda.max_memory_reserved(ctx.device) if cuda else None}
 
 
 def series_bytes(plan: Plan, ctx: DistContext, pipe: Pipeline) -> tuple[int, int]:
@@ -255,7 +277,9 @@ def make_record(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, train
         "node_data_bytes": node_data_bytes(plan, ctx, pipe),
         "series_bytes_per_rank": per_rank,
         "series_bytes_per_node": per_node,
+        **data_bytes_held(plan, ctx, pipe),
         "peak_rss_bytes": peak_rss_bytes(),
+        **device_peaks(ctx),
         "setup_time_s": setup_time_s,
         "wall_time_s": trainer.run_wall_time_s(attempt_s),  # over every attempt of a resumed run
         "attempts": trainer.attempt,

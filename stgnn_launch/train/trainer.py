@@ -10,6 +10,7 @@ the world size.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -27,21 +28,27 @@ from tqdm import tqdm
 from stgnn_launch.config.schema import Config
 from stgnn_launch.data.batching import Batcher, BatchFeed, WindowSource, eval_positions
 from stgnn_launch.data.prepare import Prepared
-from stgnn_launch.distributed.context import DistContext, all_reduce_sum, barrier, vote_any
-from stgnn_launch.plan import Plan
+from stgnn_launch.distributed.context import DistContext, StepVote, all_reduce_sum, barrier
+from stgnn_launch.planning.plan import Plan
 from stgnn_launch.train import checkpoint
 from stgnn_launch.train.metrics import MetricSums, masked_mae_loss
 from stgnn_launch.train.preemption import Preempted, StopRequest
 from stgnn_launch.train.runlog import RunLog
 
 
+CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS's deterministic workspace (CUDA >= 10.2): what torch asks for
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seeds every generator; `deterministic`: only deterministic kernels, and an error (not a warning) where
+    an operation has none, so that a bitwise resume is either kept or refused, on GPUs as on CPUs."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)  # read when cuBLAS starts a handle
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 @dataclass
@@ -54,15 +61,44 @@ class EpochStats:
     lr: float
     data_wait_s: float  # blocked on the batch feed
     compute_s: float  # forward, backward, optimizer step (the rest of the training loop)
-    allreduce_s: float  # gradient all-reduce (overlaps the backward pass; host-side time per bucket)
+    allreduce_s: float  # gradient all-reduce, launch to done per bucket (CUDA events on GPUs); overlaps backward
     eval_s: float  # validation
 
 
 class _CommTimer:
-    """A DDP communication hook: the default all-reduce, timed from launch to completion per bucket."""
+    """A DDP communication hook: the default all-reduce, timed from launch to completion per bucket.
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
+    Under NCCL the work runs on the GPU after the host has moved on, so host time would measure the launch
+    only: there a pair of CUDA events brackets each bucket's reduction on the stream, and the pairs are
+    read (`seconds`) at the epoch's end, when the device is synchronised anyway."""
+
+    def __init__(self, cuda: bool = False) -> None:
+        self.host_seconds = 0.0
+        self.cuda = cuda
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    @property
+    def seconds(self) -> float:
+        if self.events:
+            self.events[-1][1].synchronize()
+            self.host_seconds += sum(a.elapsed_time(b) for a, b in self.events) / 1000.0
+            self.events.clear()
+        return self.host_seconds
+
+    def _start(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _stop(self, started) -> None:
+        if not self.cuda:
+            self.host_seconds += time.perf_counter() - started
+            return
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()  # on the stream that waits for the reduction
+        self.events.append((started, event))
 
     def hook(self, per_tensor: bool = False):
         """per_tensor: each gradient reduced on its own, so that its sum never depends on where it sits in
@@ -71,16 +107,16 @@ class _CommTimer:
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
         def timed_allreduce(state, bucket):  # no annotations: DDP checks them, and ours are strings
-            started = time.perf_counter()
+            started = self._start()
 
             def done(fut):
-                self.seconds += time.perf_counter() - started
+                self._stop(started)
                 return fut.value()
 
             return default_hooks.allreduce_hook(state, bucket).then(done)
 
         def per_tensor_allreduce(state, bucket):
-            started = time.perf_counter()
+            started = self._start()
             buffer, offset, works = bucket.buffer(), 0, []
             for grad in bucket.gradients():
                 works.append(dist.all_reduce(buffer[offset:offset + grad.numel()], async_op=True))
@@ -88,7 +124,7 @@ class _CommTimer:
             for work in works:
                 work.wait()
             buffer.div_(dist.get_world_size())
-            self.seconds += time.perf_counter() - started
+            self._stop(started)
             future = torch.futures.Future()
             future.set_result(buffer)
             return future
@@ -114,7 +150,8 @@ class Trainer:
         torch.manual_seed(cfg.trainer.seed + ctx.rank)  # dropout and sampling differ per rank
         self.optimizer = self.scheduler = None
         self.network: nn.Module = model
-        self.comm = _CommTimer()
+        self.comm = _CommTimer(cuda=ctx.backend == "nccl")
+        self.vote = StepVote(ctx)
         if self.trainable:
             self.optimizer = torch.optim.Adam(model.parameters(), lr=plan.lr, eps=cfg.trainer.adam_eps,
                                               weight_decay=cfg.trainer.weight_decay)
@@ -187,8 +224,11 @@ class Trainer:
                 self._maybe_stop(epoch, step, loss_sum, {"elapsed_s": time.perf_counter() - started,
                                                          "data_wait_s": self.feed.wait_s - wait0,
                                                          "allreduce_s": self.comm.seconds - comm0})
+        self.vote.collect()  # the last step's vote, if one is in flight: nothing stays pending past the loop
         bar.close()
         self.scheduler.step()
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize(self.ctx.device)  # the epoch ends when the device's queued work does
         elapsed = time.perf_counter() - started
         wait = self.feed.wait_s - wait0
         totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(len(shards)), dtype=torch.float64,
@@ -227,10 +267,13 @@ class Trainer:
         return self.evaluate_sums(split)["model"].result()
 
     def _maybe_stop(self, epoch: int, step: int, loss_sum: torch.Tensor, progress: dict[str, float]) -> None:
-        """At a step boundary: a step checkpoint when a rank was signalled or one is due; stop if signalled."""
-        stop, periodic = vote_any(list(self.stop.after_step(epoch, step, self.ctx.is_main)), self.ctx)
+        """At a step boundary: a step checkpoint when a rank was signalled or one is due; stop if signalled.
+        With several ranks the vote cast here is read at the next boundary (StepVote), so every rank acts
+        one step after the signal, at the same step."""
+        stop, periodic = self.vote.cast(list(self.stop.after_step(epoch, step, self.ctx.is_main)))
         if not (stop or periodic):
             return
+        self.vote.collect()  # this step's flags predate the checkpoint below: a signal stays set and votes again
         total = float(all_reduce_sum(loss_sum.detach().clone(), self.ctx))  # every rank's partial sum
         in_epoch = {"epoch": epoch, "step": step, "loss_sum": total, **progress}
         self._save(epoch - 1, improved=False, in_epoch=in_epoch)
@@ -347,7 +390,7 @@ class Trainer:
         self.log.info(f"resumed from {path} at {where}")
 
 
-def fit_baseline(model: nn.Module, prepared: Prepared, device: torch.device) -> None:
+def fit_baseline(model: nn.Module, prepared: Prepared) -> None:
     """Baselines learn their statistics from the training inputs' range, nothing later."""
     stop = int(prepared.starts["train"][-1]) + prepared.window
     f = prepared.out_features
@@ -357,5 +400,7 @@ def fit_baseline(model: nn.Module, prepared: Prepared, device: torch.device) -> 
     observed = observed_mask(values, prepared.null_value)
     z_scored = (values - prepared.scaler.mean[:f]) / prepared.scaler.std[:f]
     # time-of-day slots exist for sub-daily steps only (the historical average is refused without them)
-    slots = prepared.slots(0, stop).to(device) if prepared.has_slots else None
-    model.fit(z_scored.to(device), observed.to(device), slots)
+    # Fitted on the host (its sums: index_add_, which has no deterministic CUDA kernel), whatever the
+    # model's device: the same table on every device, and trainer.deterministic holds on GPUs.
+    slots = prepared.slots(0, stop) if prepared.has_slots else None
+    model.fit(z_scored, observed, slots)

@@ -8,6 +8,11 @@ waits for that copy alone; `finish` (normalisation, covariates) then runs on the
 A ring slot returns to the producer once the consumer has moved past its batch (on a GPU: once the copy
 out of it is done), so at most `depth` batches are ahead. `wait_s` is the time the consumer spent blocked
 on the feed: the data-wait share of the step time.
+
+No host synchronisation per batch: where the data lives on the GPU, a split's positions cross to the device
+once per call (pinned, non-blocking), not once per batch; the producer thread works on the feed's device
+(otherwise its first CUDA call would open a context on GPU 0); each slot's copy-done event lives as long
+as the feed, so a slot whose copy is still in flight is never overwritten by the next call's producer.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from stgnn_launch.data.batching.windows import Batch, Parts, WindowSource
+from stgnn_launch.data.batching.windows import Batch, WindowSource
 
 _DONE = object()
 
@@ -52,11 +57,21 @@ class BatchFeed:
         self.ring = (StagingRing(source, batch_size, self.depth + 1, pinned=to_device)
                      if prefetch and source.data_device.type == "cpu" else None)
         self.wait_s = 0.0
+        self.copy_done: list[torch.cuda.Event | None] = [None] * (len(self.ring.slots) if self.ring else 0)
         source.to(device)
+
+    def _positions_on_data_device(self, positions: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """One pinned, non-blocking copy of all the positions where the data is on a GPU (views per batch)."""
+        data = self.source.data_device
+        if data.type != "cuda" or not positions or positions[0].device == data:
+            return positions
+        sizes = [p.numel() for p in positions]
+        flat = torch.cat(list(positions)).pin_memory()
+        return torch.split(flat.to(data, non_blocking=True), sizes)
 
     def batches(self, split: str, positions: Sequence[torch.Tensor]) -> Iterator[Batch]:
         if not self.prefetch or self.ring is None:
-            for pos in positions:
+            for pos in self._positions_on_data_device(positions):
                 started = time.perf_counter()
                 parts = self.source.gather(split, pos)
                 if self.source.data_device != self.device:
@@ -71,16 +86,19 @@ class BatchFeed:
     def _prefetched(self, split: str, positions: Sequence[torch.Tensor]) -> Iterator[Batch]:
         ready: queue.Queue = queue.Queue(maxsize=self.depth)
         stop = threading.Event()
-        events: dict[int, torch.cuda.Event] = {}
 
         def produce() -> None:
             try:
+                if self.device.type == "cuda":
+                    torch.cuda.set_device(self.device)  # this thread's CUDA calls go to the rank's GPU
                 for pos in positions:
                     slot = self._next_free(stop)
                     if slot is None:
                         return
-                    if slot in events:  # the last copy out of this slot must be done before we overwrite it
-                        events.pop(slot).synchronize()
+                    done = self.copy_done[slot]
+                    if done is not None:  # the last copy out of this slot (this call's or an earlier one's)
+                        done.synchronize()
+                        self.copy_done[slot] = None
                     parts = self.source.gather(split, pos, out=self.ring.slots[slot])
                     event = None
                     if self.stream is not None:
@@ -88,7 +106,7 @@ class BatchFeed:
                             parts = tuple(p.to(self.device, non_blocking=True) for p in parts)
                             event = torch.cuda.Event()
                             event.record(self.stream)
-                        events[slot] = event
+                        self.copy_done[slot] = event
                     ready.put((slot, parts, event))
                 ready.put(_DONE)
             except BaseException as err:  # handed to the consumer, raised there
@@ -143,6 +161,3 @@ class BatchFeed:
                 continue
         return None
 
-
-def parts_nbytes(parts: Parts) -> int:
-    return sum(p.element_size() * p.nelement() for p in parts)

@@ -57,13 +57,16 @@ class Finisher:
         # float32 values as Python floats: exact, and scalar arithmetic gives the bitwise same results
         self.mean_values = [float(v) for v in prepared.scaler.mean]
         self.std_values = [float(v) for v in prepared.scaler.std]
+        # CUDA turns a division by a host scalar into a multiplication by its reciprocal (other rounding than
+        # the CPU's true division): a divisor on the device keeps GPU batches bitwise equal to CPU ones.
+        self.std_tensors = torch.tensor(self.std_values, dtype=torch.float32, device=device)
         self.covariates = prepared.covariates.to(device)
         self.offsets = torch.arange(prepared.window, device=device)
         # NaN marks a missing reading only where the dataset has no null value; inputs then read 0 (the mean)
         self.zero_nan_inputs = prepared.null_value is None
 
     def to(self, device: torch.device) -> "Finisher":
-        for name in ("covariates", "offsets"):
+        for name in ("covariates", "offsets", "std_tensors"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -79,7 +82,7 @@ class Finisher:
         for i in range(f):
             channel = x[..., i]
             torch.sub(inputs[..., i], self.mean_values[i], out=channel)
-            channel.div_(self.std_values[i])
+            channel.div_(self.std_tensors[i] if channel.is_cuda else self.std_values[i])
         if self.zero_nan_inputs:
             x[..., :f] = x[..., :f].nan_to_num(nan=0.0)
         if c:
