@@ -213,6 +213,9 @@ class LauncherConfig:
     local_addr: Optional[str] = None  # torchrun --local_addr: the address this node announces (local runs)
     rdzv_conf: Optional[str] = None  # torchrun --rdzv_conf, e.g. "join_timeout=900,read_timeout=120"
     socket_ifname: Optional[str] = None  # GLOO_/NCCL_SOCKET_IFNAME; on Slurm each node announces its address on it
+    # Timeout of every training collective (the default process group): a dead or hung rank stops the others
+    # after it. The setup's waits (a node's first rank loading the data) have dist_timeout_min instead.
+    collective_timeout_min: float = 5.0
 
     def __post_init__(self) -> None:
         _check(self.name in ("local", "slurm"), "launcher.name", "local or slurm", self.name)
@@ -232,6 +235,8 @@ class LauncherConfig:
                self.array_parallelism)
         _check(self.rdzv_conf is None or all("=" in item for item in self.rdzv_conf.split(",")),
                "launcher.rdzv_conf", "key=value pairs separated by commas", self.rdzv_conf)
+        _check(self.collective_timeout_min > 0, "launcher.collective_timeout_min", "a positive number of minutes",
+               self.collective_timeout_min)
 
 
 @dataclass(kw_only=True)
