@@ -45,12 +45,6 @@ def describe(rank: int, failure: Any, host: str) -> dict[str, Any]:
             "signal": signame, "time": failure.timestamp}
 
 
-def _order(entry: dict[str, Any]) -> tuple:
-    """The first failure: the earliest; at the same second (torchrun stamps whole seconds) a rank killed by a
-    signal before one that raised (a killed peer makes the others' collectives fail), then the lowest rank."""
-    return (entry["time"], entry["signal"] is None, entry["rank"])
-
-
 def record_failure(run_dir: Path, failures: dict[int, Any], host: str | None = None) -> dict[str, Any] | None:
     """Merge this node's failed ranks into run_dir/failed.json; returns what was written (None: nothing,
     as for ranks that stopped for preemption, which resume)."""
@@ -59,7 +53,10 @@ def record_failure(run_dir: Path, failures: dict[int, Any], host: str | None = N
                if failure.exitcode != PREEMPTED_EXIT]
     if not entries or not run_dir.is_dir():
         return None
-    first = min(entries, key=_order)
+    # The earliest; torchrun stamps whole seconds, and within one its failures are in the order it saw them
+    # (then come the ranks it stopped itself, SIGTERM, for its bookkeeping): a killed rank comes before the
+    # peers whose collectives failed because of it.
+    first = min(entries, key=lambda entry: entry["time"])
     path = run_dir / FAILED
     try:
         record = json.loads(path.read_text()) if path.is_file() else {}
@@ -68,11 +65,11 @@ def record_failure(run_dir: Path, failures: dict[int, Any], host: str | None = N
     if not isinstance(record, dict):
         record = {}
     known = record.get("failed_rank")
-    if isinstance(known, dict) and {"time", "signal", "rank"} <= known.keys() and _order(known) <= _order(first):
-        first = known  # another node's rank failed first
+    if isinstance(known, dict) and isinstance(known.get("time"), (int, float)) and known["time"] <= first["time"]:
+        first = known  # another node's rank failed first (or in the same second)
     record["failed_rank"] = first
     record["failures"] = [e for e in record.get("failures", []) if isinstance(e, dict) and e.get("host") != host] \
-        + sorted(entries, key=_order)
+        + entries
     if "error" not in record:  # no rank wrote its own error (killed by a signal, or not rank 0)
         how = f"signal {first['signal']}" if first["signal"] else f"exit code {first['exitcode']}"
         record.update({"error": f"rank {first['rank']} on {first['host']} ended with {how}", "type": RANK_FAILED,
