@@ -132,6 +132,38 @@ def test_failed_json_names_the_first_failed_rank(tmp_path):
     assert record_failure(tmp_path / "other", {0: failure(0, 75, 1)}) is None
 
 
+@pytest.mark.slow
+def test_a_hung_rank_ends_a_local_run_after_the_collective_timeout(tmp_path):
+    """`stgnn-train gpus=2` on this machine; rank 1 stops (SIGSTOP: a hung GPU or node) mid-training. Rank 0's
+    next collective times out after launcher.collective_timeout_min (not the data load's 30 minutes), torchrun
+    stops rank 1 and the run ends, with failed.json naming rank 0, whose collective timed out, and its host."""
+    run_dir = tmp_path / "run"
+    timeout_min = 0.5
+    cmd = [sys.executable, "-m", "stgnn_launch.cli.train", *TINY, "gpus=2", "batching=dist_index",
+           f"launcher.collective_timeout_min={timeout_min}", "trainer.max_epochs=1000", "trainer.patience=1000",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "checkpoints" / "last.pt").is_file():  # an epoch is done: mid-training
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.5)
+        ranks = rank_pids(run_dir)
+        os.kill(ranks[1], signal.SIGSTOP)
+        stopped = time.monotonic()
+        out, _ = proc.communicate(timeout=60 * timeout_min + 90)
+        ended = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"\nthe run ended {ended:.1f}s after rank 1 stopped")
+    assert proc.returncode != 0 and 60 * timeout_min <= ended < 60 * timeout_min + 60 and not rank_pids(run_dir)
+    failed = json.loads((run_dir / "failed.json").read_text())
+    assert failed["failed_rank"]["rank"] == 0 and failed["failed_rank"]["host"] == os.uname().nodename, failed
+    assert "timed out" in failed["error"].lower(), failed["error"]
+    assert f"rank 0 on {os.uname().nodename} failed first" in out
+
+
 # ---- on the local Slurm cluster ----------------------------------------------------------------------------
 
 
