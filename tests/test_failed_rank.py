@@ -128,8 +128,10 @@ def test_failed_json_names_the_first_failed_rank(tmp_path):
     record = json.loads((tmp_path / "failed.json").read_text())
     assert record["failed_rank"]["rank"] == 1 and record["error"] == "rank 0's own error"
     assert [(f["rank"], f["host"]) for f in record["failures"]] == [(1, "n1"), (0, "n1"), (2, "n2")]
-    # ranks that stopped for preemption (exit 75) resume: nothing is marked failed
-    assert record_failure(tmp_path / "other", {0: failure(0, 75, 1)}) is None
+    # a rank that stopped for preemption (exit 75; torchrun then stops the others): it resumes, not failed
+    (tmp_path / "other").mkdir()
+    assert record_failure(tmp_path / "other", {0: failure(0, 75, 1), 1: failure(1, -15, 1)}) is None
+    assert not (tmp_path / "other" / "failed.json").exists()
 
 
 @pytest.mark.slow

@@ -48,10 +48,11 @@ def describe(rank: int, failure: Any, host: str) -> dict[str, Any]:
 def record_failure(run_dir: Path, failures: dict[int, Any], host: str | None = None) -> dict[str, Any] | None:
     """Merge this node's failed ranks into run_dir/failed.json; returns what was written (None: nothing,
     as for ranks that stopped for preemption, which resume)."""
+    if any(failure.exitcode == PREEMPTED_EXIT for failure in failures.values()) or not run_dir.is_dir():
+        return None  # stopped for preemption (the others then by torchrun): the run resumes, it did not fail
     host = host or socket.gethostname()
-    entries = [describe(rank, failure, host) for rank, failure in failures.items()
-               if failure.exitcode != PREEMPTED_EXIT]
-    if not entries or not run_dir.is_dir():
+    entries = [describe(rank, failure, host) for rank, failure in failures.items()]
+    if not entries:
         return None
     # The earliest; torchrun stamps whole seconds, and within one its failures are in the order it saw them
     # (then come the ranks it stopped itself, SIGTERM, for its bookkeeping): a killed rank comes before the
