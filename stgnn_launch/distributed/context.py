@@ -161,8 +161,10 @@ def any_rank_failed(failed: bool, ctx: DistContext) -> bool:
 
 def shutdown(ctx: DistContext, together: bool = True) -> None:
     """Leave together after a normal end: a rank tearing its group down while another still talks to it
-    can abort. After an error there is no waiting for ranks that may never come."""
+    can abort. The others wait there for rank 0's last writes (results, predictions of a large test set),
+    so on the setup group, with its long timeout. After an error there is no waiting for ranks that may
+    never come."""
     if ctx.distributed and dist.is_initialized():
         if together:
-            dist.barrier()
+            dist.barrier(group=ctx.setup)
         dist.destroy_process_group()
