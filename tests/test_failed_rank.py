@@ -63,7 +63,8 @@ def fake_process_group(monkeypatch):
     return calls
 
 
-def test_nccl_collectives_get_the_short_timeout_and_the_load_waits_on_gloo(fake_process_group, tmp_path):
+def test_nccl_collectives_get_the_short_timeout_and_the_load_waits_on_gloo(fake_process_group, tmp_path,
+                                                                           monkeypatch):
     from stgnn_launch.distributed.shared_series import load_node_shared
     from stgnn_launch.plan import prepare_spec
 
@@ -79,6 +80,12 @@ def test_nccl_collectives_get_the_short_timeout_and_the_load_waits_on_gloo(fake_
     cfg = compose_config(*TINY, "batching=dist_index")
     load_node_shared(cfg.dataset, prepare_spec(cfg), torch.float32, ctx, str(tmp_path))
     assert calls == [("all_reduce", ctx.setup, "cpu"), ("barrier", ctx.setup)]
+    # the end of the run waits for rank 0's last writes: the setup group too
+    calls.clear()
+    monkeypatch.setattr(context.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(context.dist, "destroy_process_group", lambda: calls.append(("destroy",)))
+    context.shutdown(ctx)
+    assert calls == [("barrier", ctx.setup), ("destroy",)]
 
 
 def test_gloo_world_gets_the_short_timeout_and_a_users_nccl_setting_stays(fake_process_group, monkeypatch):
