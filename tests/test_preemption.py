@@ -42,17 +42,19 @@ def test_interrupted_mid_epoch_resumes_to_the_same_weights(tmp_path, gpus):
     straight = train(tmp_path / "straight", gpus)
     assert straight.returncode == 0, straight.stderr[-3000:]
     stopped = train(tmp_path / "stopped", gpus, signal_at="2:3")
-    assert stopped.returncode != 0 and "stopping at epoch 2 step 3" in stopped.stdout + stopped.stderr
+    # one process stops at the signalled step; ranks read their vote one step later (no blocking vote per step)
+    step = 3 if gpus == 1 else 4
+    assert stopped.returncode != 0 and f"stopping at epoch 2 step {step}" in stopped.stdout + stopped.stderr
     state = checkpoint.load(tmp_path / "stopped" / "checkpoints" / "last.pt")
-    assert state["epoch"] == 1 and state["in_epoch"]["epoch"] == 2 and state["in_epoch"]["step"] == 3
+    assert state["epoch"] == 1 and state["in_epoch"]["epoch"] == 2 and state["in_epoch"]["step"] == step
     assert len(state["rng_per_rank"]) == gpus and state["attempt"] == 1 and state["run_wall_time_s"] > 0
     assert not (tmp_path / "stopped" / "results.json").exists() and not (tmp_path / "stopped" / "failed.json").exists()
     resumed = train(tmp_path / "stopped", gpus, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "at epoch 2 step 3" in resumed.stdout
+    assert f"at epoch 2 step {step}" in resumed.stdout
     a = checkpoint.load(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
     b = checkpoint.load(tmp_path / "stopped" / "checkpoints" / "last.pt")["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
     first = json.loads((tmp_path / "straight" / "results.json").read_text())
     second = json.loads((tmp_path / "stopped" / "results.json").read_text())
     assert [e["train_loss"] for e in first["epochs"]] == [e["train_loss"] for e in second["epochs"]]

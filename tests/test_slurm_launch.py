@@ -46,11 +46,12 @@ def test_cpu_cluster_asks_one_core_per_rank_and_passes_it_to_srun():
     cfg = compose_config("launcher=slurm", "gpus=4", "launcher.gpus_per_node=2", "launcher.cpu=true",
                          "launcher.signal_delay_s=30", "launcher.time_min=1")
     params = slurm_parameters(cfg)
-    assert params["cpus_per_task"] == 2 and params["srun_args"] == ["--cpus-per-task=2"]
+    assert params["cpus_per_task"] == 2 and params["srun_args"] == ["--kill-on-bad-exit=1", "--cpus-per-task=2"]
     assert params["signal_delay_s"] == 30 and params["time"] == 1 and "gpus_per_node" not in params
     gpu = slurm_parameters(compose_config("launcher=slurm", "gpus=8", "launcher.gpus_per_node=4"))
     # GPU nodes: cpus_per_rank (8) cores per GPU, so that each rank's batch assembly has its share
-    assert gpu["cpus_per_task"] == 32 and gpu["srun_args"] == ["--cpus-per-task=32"] and gpu["signal_delay_s"] == 120
+    assert gpu["cpus_per_task"] == 32 and gpu["srun_args"] == ["--kill-on-bad-exit=1", "--cpus-per-task=32"]
+    assert gpu["signal_delay_s"] == 120
     assert slurm_parameters(compose_config("launcher=slurm", "gpus=8", "launcher.gpus_per_node=4",
                                            "launcher.cpus_per_rank=4"))["cpus_per_task"] == 16
     assert slurm_parameters(compose_config("launcher=slurm", "gpus=2", "launcher.gpus_per_node=2", "launcher.cpu=true",
@@ -151,7 +152,7 @@ def test_stgnn_train_launcher_slurm_two_cpu_ranks(slurm_cluster, workdir):
     text = log.read_text()
     # the venv's Python on the node, torchrun over both ranks with a c10d rendezvous on the first node
     assert f"{Path(sys.executable).parent}/" in text
-    assert "-m torch.distributed.run --nnodes=1 --nproc_per_node=2" in text
+    assert "-m stgnn_launch.launch.agent --nnodes=1 --nproc_per_node=2" in text  # torchrun, naming a failed rank
     assert "--rdzv_backend=c10d" in text and f"--rdzv_id={job_id}" in text
     port = 15000 + int(job_id) % 10000  # launcher.rdzv_port=0: from the job id
     assert f"--rdzv_endpoint={slurm_cluster.node or record['host']}:{port}" in text

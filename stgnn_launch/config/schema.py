@@ -215,6 +215,9 @@ class LauncherConfig:
     socket_ifname: Optional[str] = None  # GLOO_/NCCL_SOCKET_IFNAME; on Slurm each node announces its address on it
     backend: str = "auto"  # auto (nccl on GPUs, gloo on CPUs) | gloo: on GPUs too, ranks may then share a GPU
     gpu_mem_gb: Optional[float] = None  # memory of one GPU of the Slurm nodes: the plan checks the device side
+    # Timeout of every training collective (the default process group): a dead or hung rank stops the others
+    # after it. The setup's waits (a node's first rank loading the data) have dist_timeout_min instead.
+    collective_timeout_min: float = 5.0
 
     def __post_init__(self) -> None:
         _check(self.name in ("local", "slurm"), "launcher.name", "local or slurm", self.name)
@@ -237,6 +240,8 @@ class LauncherConfig:
                self.gpu_mem_gb)
         _check(self.rdzv_conf is None or all("=" in item for item in self.rdzv_conf.split(",")),
                "launcher.rdzv_conf", "key=value pairs separated by commas", self.rdzv_conf)
+        _check(self.collective_timeout_min > 0, "launcher.collective_timeout_min", "a positive number of minutes",
+               self.collective_timeout_min)
 
 
 @dataclass(kw_only=True)

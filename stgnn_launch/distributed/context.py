@@ -23,6 +23,10 @@ class DistContext:
     device: torch.device
     backend: str | None  # None when not distributed
     control: object = None  # a gloo group for small host-side votes (stop, checkpoint) that never touch the GPU
+    # A gloo group with the long timeout (launcher.dist_timeout_min), for the waits of the setup only: the
+    # node's first rank loading the series while the others wait. Training's collectives (the default group,
+    # `control`) time out after launcher.collective_timeout_min, so that a dead or hung rank ends the job.
+    setup: object = None
 
     @property
     def is_main(self) -> bool:
@@ -67,23 +71,36 @@ class RankEnv:
                    world_size=world, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
 
-def init_distributed(env: RankEnv, device: torch.device, backend: str | None,
-                     timeout_s: float = 1800.0) -> DistContext:
+ASYNC_ERROR_ENV = "TORCH_NCCL_ASYNC_ERROR_HANDLING"  # 1: a failed or timed-out NCCL collective ends the process
+
+
+def init_distributed(env: RankEnv, device: torch.device, backend: str | None, timeout_s: float = 1800.0,
+                     collective_timeout_s: float | None = None) -> DistContext:
     """Join the process group (when there is more than one rank) on this rank's device.
 
-    The timeout covers the longest wait between ranks: the node's first rank loading a large series into
-    shared memory while the others wait at a barrier, on a slow file system."""
+    Two timeouts. `timeout_s` covers the longest wait of the setup: the node's first rank loading a large
+    series into shared memory while the others wait, on a slow file system; only the gloo `setup` group
+    (wait_for_all, any_rank_failed) waits that long. `collective_timeout_s` (default: the same) is the
+    default group's, so every training collective's: a rank that died or hangs stops the others after it.
+    Under NCCL, asynchronous error handling is on unless the user set it otherwise: a collective that
+    fails or times out in NCCL's watchdog takes the process down instead of leaving it waiting."""
+    collective_s = timeout_s if collective_timeout_s is None else collective_timeout_s
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if backend == "nccl":
+        os.environ.setdefault(ASYNC_ERROR_ENV, "1")  # torchrun sets it for its ranks too; a user's value wins
     if backend is not None and not dist.is_initialized():
         dist.init_process_group(backend=backend, store=_attempt_store(env.rank, env.world_size), rank=env.rank,
-                                world_size=env.world_size, timeout=timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
-    control = None
+                                world_size=env.world_size, timeout=timedelta(seconds=collective_s),
+                                device_id=device if backend == "nccl" else None)  # eager NCCL init only
+    control = setup = None
     if backend is not None:  # under NCCL, votes on host flags would otherwise need a GPU round trip
-        control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s)) if backend == "nccl" \
+        control = dist.new_group(backend="gloo", timeout=timedelta(seconds=collective_s)) if backend == "nccl" \
             else dist.group.WORLD
-    return DistContext(env.rank, env.local_rank, env.world_size, env.local_world_size, device, backend, control)
+        setup = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s)) \
+            if backend == "nccl" or collective_s != timeout_s else control
+    return DistContext(env.rank, env.local_rank, env.world_size, env.local_world_size, device, backend, control,
+                       setup)
 
 
 def _attempt_store(rank: int, world: int) -> dist.Store:
@@ -100,13 +117,14 @@ def _attempt_store(rank: int, world: int) -> dist.Store:
     return dist.PrefixStore(f"stgnn/attempt_{attempt}", store)
 
 
-def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext, *, setup: bool = False) -> torch.Tensor:
     """Sum a tensor over all ranks; identity for one process. The sum is computed on the backend's device
-    and returned on the tensor's own device (in place when that is the backend's device)."""
+    and returned on the tensor's own device (in place when that is the backend's device). `setup`: a sum
+    that waits for every rank's data load, on the host over the `setup` group (the long timeout)."""
     if not ctx.distributed:
         return tensor
-    staged = tensor.to(ctx.collective_device)
-    dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+    staged = tensor.to("cpu" if setup else ctx.collective_device)
+    dist.all_reduce(staged, op=dist.ReduceOp.SUM, group=ctx.setup if setup else None)
     if staged is not tensor:
         tensor.copy_(staged)
     return tensor
@@ -148,10 +166,27 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def wait_for_all(ctx: DistContext) -> None:
+    """A barrier for the setup (data loading), with the long timeout, on the host: never the NCCL group."""
+    if ctx.distributed:
+        dist.barrier(group=ctx.setup)
+
+
+def any_rank_failed(failed: bool, ctx: DistContext) -> bool:
+    """Did any rank fail its part of the setup? Waits as wait_for_all does (gloo, the long timeout)."""
+    if not ctx.distributed:
+        return failed
+    flag = torch.tensor([1.0 if failed else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ctx.setup)
+    return bool(flag.item() > 0)
+
+
 def shutdown(ctx: DistContext, together: bool = True) -> None:
     """Leave together after a normal end: a rank tearing its group down while another still talks to it
-    can abort. After an error there is no waiting for ranks that may never come."""
+    can abort. The others wait there for rank 0's last writes (results, predictions of a large test set),
+    so on the setup group, with its long timeout. After an error there is no waiting for ranks that may
+    never come."""
     if ctx.distributed and dist.is_initialized():
         if together:
-            dist.barrier()
+            dist.barrier(group=ctx.setup)
         dist.destroy_process_group()

@@ -28,7 +28,7 @@ from stgnn_launch.data.datasets import load_dataset
 from stgnn_launch.data.prepare import PrepareSpec, fill_missing, training_scaler_sums
 from stgnn_launch.data.graph import SparseGraph
 from stgnn_launch.data.series import Series
-from stgnn_launch.distributed.context import DistContext, barrier
+from stgnn_launch.distributed.context import DistContext, any_rank_failed, wait_for_all
 from stgnn_launch.errors import UserError
 
 SHM_DIR = "/dev/shm"
@@ -156,23 +156,16 @@ def load_node_shared(dataset: DatasetConfig, prep: PrepareSpec, dtype: torch.dty
             mapped = _publish(dataset, prep, name, dtype)
         except Exception as err:  # let the other ranks learn of it rather than hang at the barrier
             error = err
-    if _any_failed(error is not None, ctx):
+    if any_rank_failed(error is not None, ctx):  # the others wait for the load here (gloo, long timeout)
         if error is not None:
             raise error
         raise UserError("shared series: the node's first rank could not load the dataset (see its error)")
     if not creator:
         mapped = [_attach(name), _attach(name + "_h")]
     _MAPPED.extend(mapped)
-    barrier(ctx)
+    wait_for_all(ctx)
     if creator:
         for shm in mapped:
             shm.unlink()  # pages stay while mapped; nothing is left behind after the job
     return _series_over(*mapped)
 
-
-def _any_failed(failed: bool, ctx: DistContext) -> bool:
-    if not ctx.distributed:
-        return failed
-    flag = torch.tensor([1.0 if failed else 0.0], device=ctx.collective_device)
-    torch.distributed.all_reduce(flag)
-    return bool(flag.item() > 0)

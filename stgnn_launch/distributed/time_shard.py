@@ -91,7 +91,8 @@ def load_time_shard(dataset: DatasetConfig, prep: PrepareSpec, ctx: DistContext,
     if dtype != series.values.dtype:  # the resident precision, before the scaler sees the values
         series = replace(series, values=series.values.to(dtype))
     owned = local_ranges(owned_scaler_ranges(starts["train"], ctx.rank, ctx.world_size, prep.window), ranges)
-    sums = all_reduce_sum(scaler_sums(series.values, owned, prep.null_value), ctx)
+    # waits for every rank's load: on the setup group, with the long timeout
+    sums = all_reduce_sum(scaler_sums(series.values, owned, prep.null_value), ctx, setup=True)
     local_starts = {split: to_local(block, ranges) for split, block in blocks.items()}
     prepared = prepare(series, prep, starts=local_starts, scaler=scaler_from_sums(sums))
     # Every rank must take the same number of DDP steps: the smallest block sets it.

@@ -16,7 +16,7 @@ import torch
 from stgnn_launch.config.schema import Config
 from stgnn_launch.distributed.context import usable_cores
 from stgnn_launch.errors import UserError
-from stgnn_launch.launch.torchrun import build_torchrun_cmd, socket_env
+from stgnn_launch.launch.torchrun import AGENT_MODULE, build_torchrun_cmd, socket_env
 
 SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
 
@@ -52,7 +52,7 @@ def run_torchrun_locally(cfg: Config, run_dir: Path, worker_args: tuple[str, ...
     if cfg.gpus > capacity:
         raise UserError(f"gpus: expected at most {capacity} on this node ({capacity} {what}), found {cfg.gpus}")
     launcher = cfg.launcher
-    module = "stgnn_launch.launch.agent" if replace_process else "torch.distributed.run"
+    module = AGENT_MODULE if replace_process else "torch.distributed.run"
     cmd = build_torchrun_cmd(nnodes=1, nproc_per_node=cfg.gpus, run_dir=run_dir, standalone=True,
                              max_restarts=launcher.max_restarts, local_addr=launcher.local_addr,
                              rdzv_conf=launcher.rdzv_conf, worker_args=worker_args,

@@ -29,7 +29,7 @@ from typing import Any
 
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
-from stgnn_launch.launch.torchrun import build_torchrun_cmd, socket_env
+from stgnn_launch.launch.torchrun import AGENT_MODULE, build_torchrun_cmd, socket_env
 from stgnn_launch.train.record import RESULTS
 
 RESUME_ENV = "STGNN_RESUME"
@@ -68,9 +68,11 @@ class TorchrunJob:
             endpoint = f"{head}:{rdzv_port(self.rdzv_port, job_id)}"
         else:  # the dry run, before there is a job id
             endpoint = f"{head}:$((15000+SLURM_JOB_ID%10000))"
+        # torchrun through stgnn_launch.launch.agent: a failed rank is named (rank, host) in failed.json
         return build_torchrun_cmd(nnodes=nnodes, nproc_per_node=self.nproc_per_node, run_dir=self.run_dir,
                                   rdzv_endpoint=endpoint, rdzv_id=job_id, max_restarts=self.max_restarts,
-                                  local_addr=local_addr or self.local_addr, rdzv_conf=self.rdzv_conf)
+                                  local_addr=local_addr or self.local_addr, rdzv_conf=self.rdzv_conf,
+                                  launcher_module=AGENT_MODULE)
 
     def __call__(self) -> dict[str, Any]:
         import submitit
@@ -226,8 +228,11 @@ def slurm_parameters(cfg: Config) -> dict[str, Any]:
                 "constraint": launcher.constraint, "cpus_per_task": cpus_per_task(cfg),
                 "mem": f"{launcher.mem_gb}GB" if launcher.mem_gb else None}
     params.update({k: v for k, v in optional.items() if v is not None})
+    # A node task that fails (its torchrun ended with a failed rank) ends the whole step at once: the other
+    # nodes' ranks would otherwise wait in a collective until launcher.collective_timeout_min.
+    params["srun_args"] = ["--kill-on-bad-exit=1"]
     if "cpus_per_task" in params:  # srun does not take it from the allocation since Slurm 22.05
-        params["srun_args"] = [f"--cpus-per-task={params['cpus_per_task']}"]
+        params["srun_args"].append(f"--cpus-per-task={params['cpus_per_task']}")
     return params
 
 

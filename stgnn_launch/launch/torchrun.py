@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 WORKER_MODULE = "stgnn_launch.train.worker"
+AGENT_MODULE = "stgnn_launch.launch.agent"  # torchrun, naming a failed rank in failed.json
 
 
 def build_torchrun_cmd(*, nnodes: int, nproc_per_node: int, run_dir: Path | str, standalone: bool = False,

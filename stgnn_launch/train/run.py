@@ -24,7 +24,7 @@ from stgnn_launch.data.prepare.checks import sensor_warnings
 from stgnn_launch.data.graph import SparseGraph
 from stgnn_launch.data.series import Series
 from stgnn_launch.data.summary import format_step
-from stgnn_launch.distributed.context import DistContext, RankEnv, init_distributed, shutdown
+from stgnn_launch.distributed.context import DistContext, RankEnv, init_distributed, shutdown, wait_for_all
 from stgnn_launch.errors import UserError
 from stgnn_launch.models.checkpointing import enable_activation_checkpointing
 from stgnn_launch.models.registry import ModelSpec, build_model, model_class
@@ -199,10 +199,12 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
     started = time.time()
     plan, env = plan_for(cfg)
     _configure_device(cfg, plan)
-    ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s)
+    ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s,
+                           60.0 * cfg.launcher.collective_timeout_min)
     log = RunLog(run_dir, ctx.is_main, cfg.trainer.tensorboard, cfg.trainer.log_every_s)
     try:
         pipe = build_pipeline(cfg, plan, ctx)
+        wait_for_all(ctx)  # every rank's data is loaded (long timeout); training's collectives have the short one
         log.info(startup_block(startup_facts(cfg, plan, ctx, pipe, run_dir)))
         if pipe.facts["filled_readings"]:
             log.info(f"warning: dataset {cfg.dataset.name}: {pipe.facts['filled_readings']} readings were NaN or "
@@ -326,10 +328,12 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
     eval_<split>_w<world>.json. Errors and masks are summed over ranks, so any world size agrees."""
     plan, env = plan_for(cfg)
     _configure_device(cfg, plan)
-    ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s)
+    ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s,
+                           60.0 * cfg.launcher.collective_timeout_min)
     log = RunLog(run_dir, ctx.is_main)
     try:
         pipe = build_pipeline(cfg, plan, ctx)
+        wait_for_all(ctx)  # every rank's data is loaded (long timeout); training's collectives have the short one
         trainer = Trainer(cfg, plan, ctx, pipe.model, pipe.prepared, pipe.source, pipe.batcher, run_dir, log,
                           pipe.baselines)
         if trainer.trainable:
