@@ -66,7 +66,7 @@ def fake_process_group(monkeypatch):
 def test_nccl_collectives_get_the_short_timeout_and_the_load_waits_on_gloo(fake_process_group, tmp_path,
                                                                            monkeypatch):
     from stgnn_launch.distributed.shared_series import load_node_shared
-    from stgnn_launch.plan import prepare_spec
+    from stgnn_launch.planning.layout import prepare_spec
 
     calls = fake_process_group
     two_ranks = RankEnv(rank=0, local_rank=0, world_size=2, local_world_size=2)
