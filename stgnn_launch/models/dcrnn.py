@@ -156,12 +156,8 @@ class DCRNN(nn.Module):
         for t in range(window):
             self._step(self.encoder, steps[t], states, supports)
 
-        use_truth = None
-        if self.training and targets is not None:
-            # One coin per decoder step, drawn on the input's device (reproducible from torch.manual_seed,
-            # the device generator checkpointed per rank) against a host probability: no host sync.
-            coins = torch.rand(self.horizon, device=x.device)
-            use_truth = coins < float(self.teacher_forcing_probability())
+        use_truth = self._advance(x.device, targets is not None) if self.training else None
+        if use_truth is not None:
             truth = targets.permute(1, 2, 0, 3)  # H x N x B x F_out
 
         inp = x.new_zeros(nodes, batch, self.out_features)  # GO symbol
@@ -170,7 +166,15 @@ class DCRNN(nn.Module):
             out = self.projection(self._step(self.decoder, inp, states, supports))
             outputs.append(out)
             inp = out if use_truth is None else torch.where(use_truth[t], truth[t], out)
-
-        if self.training:
-            self.batches_seen += 1
         return torch.stack(outputs).permute(2, 0, 1, 3)  # B x H x N x F_out
+
+    @torch.compiler.disable
+    def _advance(self, device: torch.device, draw: bool) -> Tensor | None:
+        """A training forward: this batch's coins (one per decoder step, drawn on the input's device,
+        reproducible from torch.manual_seed, the device generator checkpointed per rank) against the host
+        probability at the current count, then the count advanced; no host sync. Outside compiled graphs:
+        the host count would otherwise be baked into the graph and recompile it every step."""
+        use_truth = torch.rand(self.horizon, device=device) < float(self.teacher_forcing_probability()) \
+            if draw else None
+        self.batches_seen += 1
+        return use_truth

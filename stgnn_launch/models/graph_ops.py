@@ -112,18 +112,65 @@ def _csr(e: Edges, device: torch.device, dtype: torch.dtype) -> Tensor:
 
 @dataclass(frozen=True)
 class SparseMatrix:
-    """A sparse N x N matrix in CSR with its transpose (the transpose serves the backward pass)."""
+    """A sparse N x N matrix in CSR, as its three component tensors, with its transpose's (the backward
+    pass's). Plain dense tensors, so that torch.compile traces a model holding them: the product itself is
+    the `stgnn::csr_mm` operator, which dynamo keeps in its graph as one opaque call."""
 
-    mat: Tensor
-    mat_t: Tensor
+    crow: Tensor
+    col: Tensor
+    values: Tensor
+    crow_t: Tensor
+    col_t: Tensor
+    values_t: Tensor
 
     @classmethod
     def build(cls, e: Edges, device: torch.device, dtype: torch.dtype) -> "SparseMatrix":
-        return cls(_csr(e, device, dtype), _csr(e.transpose(), device, dtype))
+        a, t = _csr(e, device, dtype), _csr(e.transpose(), device, dtype)
+        parts = (a.crow_indices(), a.col_indices(), a.values(), t.crow_indices(), t.col_indices(), t.values())
+        return cls(*(p.clone() for p in parts))  # plain tensors of their own, not views into a sparse one
+
+    @property
+    def mat(self) -> Tensor:
+        return _csr_tensor(self.crow, self.col, self.values)
+
+    @property
+    def mat_t(self) -> Tensor:
+        return _csr_tensor(self.crow_t, self.col_t, self.values_t)
 
     @property
     def num_nodes(self) -> int:
-        return self.mat.shape[0]
+        return self.crow.shape[0] - 1
+
+
+def _csr_tensor(crow: Tensor, col: Tensor, values: Tensor) -> Tensor:
+    n = crow.shape[0] - 1
+    return torch.sparse_csr_tensor(crow, col, values, (n, n), check_invariants=False)  # views, no copy
+
+
+@torch.library.custom_op("stgnn::csr_mm", mutates_args=())
+def csr_mm(crow: Tensor, col: Tensor, values: Tensor, crow_t: Tensor, col_t: Tensor, values_t: Tensor,
+           dense: Tensor) -> Tensor:
+    """A @ dense for the CSR matrix A = (crow, col, values); (crow_t, col_t, values_t) is A^T, for the
+    backward. The same sparse kernel as before (torch.sparse.mm), registered as an operator: torch.compile
+    treats it as one call instead of breaking its graph at a sparse tensor."""
+    return torch.sparse.mm(_csr_tensor(crow, col, values), dense)
+
+
+@csr_mm.register_fake
+def _csr_mm_shape(crow, col, values, crow_t, col_t, values_t, dense):
+    return dense.new_empty((crow.shape[0] - 1, dense.shape[1]))
+
+
+def _csr_mm_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs[:6])
+
+
+def _csr_mm_backward(ctx, grad: Tensor):
+    crow, col, values, crow_t, col_t, values_t = ctx.saved_tensors
+    return None, None, None, None, None, None, csr_mm(crow_t, col_t, values_t, crow, col, values, grad.contiguous())
+
+
+csr_mm.register_autograd(_csr_mm_backward, setup_context=_csr_mm_setup)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -158,27 +205,15 @@ class SparseOperators:
         self.__init__(state["edges"])
 
 
-class _SparseMM(torch.autograd.Function):
-    """y = A x for sparse A (constant) and dense x; backward uses the precomputed CSR A^T."""
-
-    @staticmethod
-    def forward(ctx, mat: Tensor, mat_t: Tensor, dense: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.mat_t = mat_t  # a constant: nothing to save for autograd's version checks
-        return torch.sparse.mm(mat, dense)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, None, Tensor]:  # type: ignore[override]
-        return None, None, torch.sparse.mm(ctx.mat_t, grad.contiguous())
-
-
 def spmm(a: SparseMatrix, x: Tensor) -> Tensor:
     """A @ x for x of shape N x M. Runs in float32 (or float64) with autocast off: sparse kernels
     have no bf16 path everywhere, and the next dense layer casts back under autocast."""
-    x = x.to(a.mat.dtype)
+    x = x.to(a.values.dtype)
+    parts = (a.crow, a.col, a.values, a.crow_t, a.col_t, a.values_t)
     if torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
-            return _SparseMM.apply(a.mat, a.mat_t, x)
-    return _SparseMM.apply(a.mat, a.mat_t, x)
+            return csr_mm(*parts, x)
+    return csr_mm(*parts, x)
 
 
 def spmm_nodes(a: SparseMatrix, x: Tensor, node_dim: int = 1) -> Tensor:
