@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,7 +29,8 @@ def stgnn_train(run_dir: Path, *overrides: str, wait: bool = True, timeout: floa
 
 def test_two_rank_dist_index_training_and_world_size_independent_eval(tmp_path):
     run_dir = tmp_path / "run"
-    code, out = stgnn_train(run_dir, "gpus=2", "batching=dist_index", "trainer.max_epochs=2")
+    code, out = stgnn_train(run_dir, "gpus=2", "batching=dist_index", "trainer.max_epochs=2",
+                            "trainer.save_predictions=true")
     assert code == 0, out
     record = json.loads((run_dir / "results.json").read_text())
     assert record["world_size"] == 2 and record["backend"] == "gloo" and record["batching"] == "dist_index"
@@ -42,6 +44,13 @@ def test_two_rank_dist_index_training_and_world_size_independent_eval(tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         metrics[gpus] = json.loads((run_dir / f"eval_test_w{gpus}.json").read_text())["metrics"]
+        if gpus == 1:  # the run's config has save_predictions: stgnn-eval writes them too
+            single = np.load(run_dir / "predictions_test.npz")
+    # the two ranks' predictions, gathered on rank 0 alone, in window order: those of one process
+    gathered = np.load(run_dir / "predictions.npz")
+    assert gathered["predictions"].shape == single["predictions"].shape
+    np.testing.assert_allclose(gathered["predictions"], single["predictions"], rtol=1e-5, atol=1e-5)
+    assert np.array_equal(gathered["targets"], single["targets"])
     for horizon in ("3", "6", "12", "avg"):
         for name in ("mae", "rmse", "mape"):
             assert metrics[1][horizon][name] == pytest.approx(metrics[2][horizon][name], abs=1e-6)
@@ -94,3 +103,24 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path):
     assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3]
     assert record["world_size"] == 2
     assert all(v == v for v in (record["test"]["avg"]["mae"], record["test"]["avg"]["rmse"]))
+
+
+def test_predictions_travel_to_rank_0_only(monkeypatch, tmp_path):
+    """gather_object to rank 0 over the host group: the other ranks hand theirs over and receive nothing."""
+    from types import SimpleNamespace
+
+    from stgnn_launch.train import predictions
+
+    calls = []
+    monkeypatch.setattr(predictions.dist, "gather_object",
+                        lambda obj, out=None, dst=0, group=None: calls.append((out, dst, group)))
+    monkeypatch.setattr(predictions.dist, "all_gather_object", lambda *a, **k: pytest.fail("all_gather_object"))
+    ctx = SimpleNamespace(distributed=True, is_main=False, world_size=2, control="host-group")
+    plan = SimpleNamespace(eval_batch_size=4, schedule_rank=1, schedule_world=2)
+    x, y = torch.zeros(2, 12, 3, 2), torch.ones(2, 12, 3, 1)
+    trainer = SimpleNamespace(model=torch.nn.Identity(), plan=plan, ctx=ctx,
+                              source=SimpleNamespace(count=lambda split: 4),
+                              feed=SimpleNamespace(batches=lambda split, positions: [(x, y)]),
+                              _predict=lambda model, x, y: torch.zeros(2, 12, 3, 1))
+    predictions.save_predictions(trainer, "test", tmp_path / "p.npz")
+    assert calls == [(None, 0, "host-group")] and not (tmp_path / "p.npz").exists()

@@ -232,3 +232,27 @@ def test_a_key_older_runs_lack_is_no_variant(tmp_path):
     (new / "results.json").write_text(json.dumps(results))
     rows = read_csv(build_report([tmp_path], tmp_path).csv)
     assert [(r["seed"], r["variant"], float(r["speedup"])) for r in rows] == [("0", "", 1.25), ("1", "", 5 / 6)]
+
+
+def test_runs_on_gpus_show_their_device_memory(tmp_path):
+    """GPU runs record the caching allocator's peak per rank: a column of the CSV and the report, and a third
+    panel of the memory plot (two panels without it)."""
+    from matplotlib.figure import Figure
+
+    sweep = tmp_path / "sweep"
+    write_run(sweep, "gpu_1", "index", 1, 0, epoch_times=[2.0, 1.0], device_peak_allocated_bytes=3 * 2**30,
+              device_peak_reserved_bytes=4 * 2**30)
+    write_run(sweep, "gpu_2", "dist_index", 2, 0, epoch_times=[2.0, 1.0], device_peak_allocated_bytes=2 * 2**30,
+              device_peak_reserved_bytes=3 * 2**30)
+    build_report([sweep], sweep)
+    rows = read_csv(sweep / "report.csv")
+    assert sorted(float(r["device_peak_bytes_per_rank"]) for r in rows) == [2 * 2**30, 3 * 2**30]
+    assert "GPU peak / rank" in (sweep / "report.md").read_text()
+    panels = []
+    original = Figure.add_subplot
+    Figure.add_subplot = lambda self, *a, **k: (panels.append(a), original(self, *a, **k))[1]
+    try:
+        build_report([sweep], sweep)
+    finally:
+        Figure.add_subplot = original
+    assert (1, 3, 3) in panels  # the device panel beside host per rank and per node

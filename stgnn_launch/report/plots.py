@@ -137,8 +137,15 @@ def _bars(ax, lines: dict[str, list[Group]], column: str, ylabel: str) -> bool:
 
 
 def _memory(lines: dict[str, list[Group]]) -> Figure | None:
-    figure = Figure(figsize=(11, 4.5))
-    per_rank, per_node = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    """Host memory per rank and per node, and where the runs had GPUs, each rank's device peak beside them."""
+    device = _has(lines, "device_peak_bytes_per_rank")
+    panels = 3 if device else 2
+    figure = Figure(figsize=(5.5 * panels, 4.5))
+    per_rank, per_node = figure.add_subplot(1, panels, 1), figure.add_subplot(1, panels, 2)
+    if device:
+        gpu = figure.add_subplot(1, panels, 3)
+        _bars(gpu, lines, "device_peak_bytes_per_rank", "GPU peak allocated per rank")
+        gpu.set_title("device memory per rank")
     drawn = _bars(per_rank, lines, "peak_rss_bytes_per_rank", "peak RSS per rank")
     per_rank.set_title("peak memory by batching mode")
     # Per node: the measured peak where the runs report it, else the data the node holds.

@@ -33,7 +33,8 @@ EPOCH_TIME_CHOICES = ("median", "fastest")
 ID_COLUMNS = ["status", "dataset", "model", "batching", "gpus", "seed", "variant"]
 PERF_COLUMNS = ["epoch_time_s", "samples_per_s", "speedup", "efficiency"]
 MEMORY_COLUMNS = ["data_bytes_per_rank", "data_bytes_per_node", "series_bytes_per_rank", "series_bytes_per_node",
-                  "peak_rss_bytes_per_rank", "peak_rss_bytes_per_node"]
+                  "peak_rss_bytes_per_rank", "peak_rss_bytes_per_node", "device_peak_bytes_per_rank",
+                  "device_reserved_bytes_per_rank"]
 SPLIT_COLUMNS = [*SPLIT_KEYS, "data_wait_fraction"]
 ACCURACY_COLUMNS = [f"test_{metric}_{h}" for h in HORIZONS for metric in ("mae", "rmse", "mape_pct")]
 TAIL_COLUMNS = ["epochs", "best_epoch", "setup_time_s", "wall_time_s", "attempts", "run_dir", "job_id", "error"]
@@ -100,6 +101,8 @@ def _row(run: Run, flat: dict[str, Any], variant: str, epoch_time: str) -> dict[
         data_bytes_per_rank=res.get("data_bytes"), data_bytes_per_node=res.get("node_data_bytes"),
         series_bytes_per_rank=res.get("series_bytes_per_rank"), series_bytes_per_node=res.get("series_bytes_per_node"),
         peak_rss_bytes_per_rank=res.get("peak_rss_bytes"), peak_rss_bytes_per_node=res.get("peak_rss_node_bytes"),
+        device_peak_bytes_per_rank=res.get("device_peak_allocated_bytes"),
+        device_reserved_bytes_per_rank=res.get("device_peak_reserved_bytes"),
         data_wait_fraction=res.get("data_wait_fraction"), epochs=len(epochs), best_epoch=res.get("best_epoch"),
         setup_time_s=res.get("setup_time_s"), wall_time_s=res.get("wall_time_s"),
         attempts=res.get("attempts", 1),  # > 1: requeued or resumed; wall_time_s spans the attempts

@@ -80,10 +80,12 @@ def write_markdown(groups: list[Group], rows: list[dict[str, Any]], baselines: d
                                               mean_std(g, "speedup", 3), mean_std(g, "efficiency", 3)]
                      for g in groups])
     lines += ["## Memory (MiB)", "", "Data: the series or materialized windows held; per node counts node-shared "
-              "pages once. Peak: resident set size.", ""]
+              "pages once. Peak: resident set size; GPU peak: the caching allocator's (max_memory_allocated), beside "
+              "what it reserved.", ""]
     memory = [("data_bytes_per_rank", "data / rank"), ("data_bytes_per_node", "data / node"),
               ("series_bytes_per_rank", "series / rank"), ("series_bytes_per_node", "series / node"),
-              ("peak_rss_bytes_per_rank", "peak / rank"), ("peak_rss_bytes_per_node", "peak / node")]
+              ("peak_rss_bytes_per_rank", "peak / rank"), ("peak_rss_bytes_per_node", "peak / node"),
+              ("device_peak_bytes_per_rank", "GPU peak / rank"), ("device_reserved_bytes_per_rank", "GPU reserved / rank")]
     memory = [(c, h) for c, h in memory if any(g.stat(c)[0] is not None for g in groups)]
     lines += _table(id_header + [h for _, h in memory],
                     [_ids(g, with_variant) + [mean_std(g, c, 1, MiB) for c, _ in memory] for g in groups])
