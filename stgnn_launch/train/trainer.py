@@ -238,7 +238,7 @@ class Trainer:
         if stop:
             self.log.info(f"stopping at epoch {epoch} step {step} on a signal: step checkpoint written; a resume "
                           "(or the requeued job) continues from this step")
-            raise Preempted(f"preempted at epoch {epoch} step {step}")
+            raise Preempted(f"preempted at epoch {epoch} step {step}", self.stop.signal)
 
     def fit(self) -> None:
         """Epochs with early stopping on validation MAE; a checkpoint after every epoch, and at a step
