@@ -17,6 +17,7 @@ from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from stgnn_launch.config.load import to_config
+from stgnn_launch.cli.memory_check import estimate_memory_for
 from stgnn_launch.memory import settle_batch_size
 from stgnn_launch.config.schema import Config, register_configs
 from stgnn_launch.errors import UserError
@@ -70,7 +71,10 @@ def compose_training(overrides: list[str], candidate: Candidate | None) -> Confi
                 cfg.model.target = candidate.target
             cfg.model.params = OmegaConf.merge(cfg.model.params, candidate.params)
     config = to_config(cfg)
-    settle_batch_size(config)  # a number before the study's arithmetic (batches per epoch) and its runs
+    # a number before the study's arithmetic (batches per epoch) and its runs; probed as stgnn-train probes
+    b = config.batching
+    settles = b.batch_size == "auto" and not b.global_batch_size and config.launcher.name == "local"
+    settle_batch_size(config, estimate_memory_for(config) if settles else None)
     return config
 
 

@@ -181,6 +181,12 @@ def series_bytes(plan: Plan, ctx: DistContext, pipe: Pipeline) -> tuple[int, int
     return held, held * ctx.local_world_size
 
 
+def model_label(cfg: Config) -> str:
+    """The model's name, or the class a by-import-path model brings (model.target, model.cell)."""
+    path = cfg.model.target or cfg.model.cell
+    return f"{path} (model={cfg.model.name})" if path else cfg.model.name
+
+
 def startup_facts(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, run_dir: Path) -> dict[str, Any]:
     f = pipe.facts
     params = sum(p.numel() for p in pipe.model.parameters())
@@ -191,7 +197,7 @@ def startup_facts(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, run
         "windows": ", ".join(f"{k} {v}" for k, v in f["windows"].items()),
         "missing": missing_line(f, pipe.prepared.null_value),
         "MAPE over": f"|y| > {f['mape_threshold']:g} ({f['mape_threshold_rule']})",
-        "model": f"{cfg.model.name}, {params:,} parameters",
+        "model": f"{model_label(cfg)}, {params:,} parameters",
         "batching": f"{plan.mode}, data on {where} as {str(plan.series_dtype).replace('torch.', '')}, "
                     f"prefetch {'on' if plan.prefetch else 'off'}",
         "ranks": f"{ctx.world_size} ({ctx.backend or 'single process'}), compute on {plan.compute_device}, "
@@ -244,7 +250,7 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
                                  mape_alarms(test_all)))
             if cfg.trainer.pooled_steps:
                 log.info(format_pooled(record["test_pooled"]))
-            if record.get("beats_persistence") is False:
+            if record.get("beats_persistence") is False and trainer.trainable:  # a baseline cannot train longer
                 log.info(f"warning: {cfg.model.name} did not beat persistence on the test windows (MAE "
                          f"{test['avg']['mae']:.4f} vs {baselines['persistence']['avg']['mae']:.4f}): train longer, "
                          "or try another learning rate")
