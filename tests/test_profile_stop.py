@@ -40,3 +40,18 @@ def test_sigterm_ends_in_one_line_with_143_and_the_rerun_resumes(tmp_path):
     assert "resumed from" in again.stdout and (out_dir / "profile.json").is_file()
     ranking = again.stdout.index("predicted ranking (before the full runs):")  # known before any full run
     assert ranking < again.stdout.index(f"run dir:    {out_dir / 'full' / 'tgcn'}")
+
+
+def test_ctrl_c_ends_in_one_line_with_130(tmp_path):
+    out_dir = tmp_path / "study"
+    last = out_dir / "profile" / "tgcn" / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(profile_cmd(out_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert last.is_file(), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err.startswith("stgnn-profile: stopped by SIGINT") and len(err.strip().splitlines()) == 1, err
+    assert not (out_dir / "profile" / "tgcn" / "failed.json").exists()  # the rerun resumes it
