@@ -116,6 +116,21 @@ def auto_mape_threshold(mean: torch.Tensor, std: torch.Tensor) -> float:
     return float(f"{AUTO_MAPE_FRACTION * rms:.3g}")
 
 
+def mape_threshold_facts(configured: float | None, scaler, out_features: int) -> dict[str, float | str]:
+    """metrics.mape_threshold as set, or (null) from the scaler's training statistics: the same on every rank
+    and in stgnn-eval, which prepares the same data."""
+    if configured is not None:
+        return {"mape_threshold": configured, "mape_threshold_rule": "metrics.mape_threshold"}
+    f = out_features
+    return {"mape_threshold": auto_mape_threshold(scaler.mean[:f], scaler.std[:f]),
+            "mape_threshold_rule": f"auto: {AUTO_MAPE_FRACTION:.0%} of the training readings' RMS magnitude"}
+
+
+def mape_alarms(sums: dict[str, MetricSums]) -> list[str]:
+    """One line per row of the test table whose MAPE is above 1,000%, naming the readings that make it up."""
+    return [f"note: {name}: {alarm}" for name, s in sums.items() if (alarm := s.mape_alarm())]
+
+
 def _finish(column: torch.Tensor) -> dict[str, float]:
     abs_sum, sq_sum, pct_sum, count = (float(v) for v in column[:4])
     mape_count = float(column[5])

@@ -31,10 +31,10 @@ from stgnn_launch.models.checkpointing import enable_activation_checkpointing
 from stgnn_launch.models.registry import ModelSpec, build_model, model_class
 from stgnn_launch.memory import SIDE_BASELINE_READINGS
 from stgnn_launch.plan import Machine, Plan, apply_threads, make_plan
-from stgnn_launch.train.metrics import AUTO_MAPE_FRACTION, MetricSums, auto_mape_threshold
+from stgnn_launch.train.metrics import MetricSums, mape_alarms, mape_threshold_facts
 from stgnn_launch.train.preemption import Preempted
 from stgnn_launch.train.record import FAILED, RESULTS, git_sha, peak_rss_bytes, write_json_atomic
-from stgnn_launch.train.runlog import RunLog, startup_block
+from stgnn_launch.train.runlog import RunLog, missing_line, model_label, startup_block
 from stgnn_launch.train.trainer import Trainer, fit_baseline, seed_everything
 
 
@@ -75,33 +75,9 @@ def load_prepared(cfg: Config, plan: Plan, ctx: DistContext) -> tuple[Prepared, 
     return prepare(series, plan.prep), series, None, filled
 
 
-def mape_threshold_facts(cfg: Config, prepared: Prepared) -> dict[str, Any]:
-    """metrics.mape_threshold as set, or (null) from the scaler's training statistics: the same on every rank
-    and in stgnn-eval, which prepares the same data."""
-    if cfg.metrics.mape_threshold is not None:
-        return {"mape_threshold": cfg.metrics.mape_threshold, "mape_threshold_rule": "metrics.mape_threshold"}
-    f = prepared.out_features
-    return {"mape_threshold": auto_mape_threshold(prepared.scaler.mean[:f], prepared.scaler.std[:f]),
-            "mape_threshold_rule": f"auto: {AUTO_MAPE_FRACTION:.0%} of the training readings' RMS magnitude"}
-
-
 def with_mape_threshold(cfg: Config, pipe: Pipeline) -> Config:
     """cfg with the threshold the metrics use (decided in build_pipeline); the caller's cfg is left alone."""
     return replace(cfg, metrics=replace(cfg.metrics, mape_threshold=pipe.facts["mape_threshold"]))
-
-
-def missing_line(facts: dict[str, Any], null_value: float | None) -> str:
-    """The start-up block's share of readings treated as missing, and why."""
-    missing, filled = facts["missing_readings"], facts["filled_readings"]
-    if missing is None:  # counted on rank 0, which prints the block
-        return "counted on rank 0"
-    line = f"{missing:,} of {facts['readings']:,} readings ({100 * missing / max(1, facts['readings']):.1f}%)"
-    if null_value is None:
-        return line + f": {filled:,} NaN or infinite (dataset.null_value=null: every finite reading is real)"
-    line += f": {missing - filled:,} equal to dataset.null_value={null_value:g}, {filled:,} NaN or infinite"
-    if missing - filled:
-        line += f" (set dataset.null_value=null if a {null_value:g} is a real reading)"
-    return line
 
 
 def model_spec(prepared: Prepared, graph: SparseGraph) -> ModelSpec:
@@ -142,7 +118,7 @@ def build_pipeline(cfg: Config, plan: Plan, ctx: DistContext) -> Pipeline:
              "windows": {split: len(starts) for split, starts in prepared.starts.items()},
              "missing_readings": count_missing(prepared.values, prepared.null_value) if ctx.is_main else None,
              "readings": prepared.values.numel(),
-             **mape_threshold_facts(cfg, prepared)}
+             **mape_threshold_facts(cfg.metrics.mape_threshold, prepared.scaler, prepared.out_features)}
     graph = series.graph
     del series
     spec = model_spec(prepared, graph)
@@ -181,12 +157,6 @@ def series_bytes(plan: Plan, ctx: DistContext, pipe: Pipeline) -> tuple[int, int
     return held, held * ctx.local_world_size
 
 
-def model_label(cfg: Config) -> str:
-    """The model's name, or the class a by-import-path model brings (model.target, model.cell)."""
-    path = cfg.model.target or cfg.model.cell
-    return f"{path} (model={cfg.model.name})" if path else cfg.model.name
-
-
 def startup_facts(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, run_dir: Path) -> dict[str, Any]:
     f = pipe.facts
     params = sum(p.numel() for p in pipe.model.parameters())
@@ -197,7 +167,7 @@ def startup_facts(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, run
         "windows": ", ".join(f"{k} {v}" for k, v in f["windows"].items()),
         "missing": missing_line(f, pipe.prepared.null_value),
         "MAPE over": f"|y| > {f['mape_threshold']:g} ({f['mape_threshold_rule']})",
-        "model": f"{model_label(cfg)}, {params:,} parameters",
+        "model": f"{model_label(cfg.model)}, {params:,} parameters",
         "batching": f"{plan.mode}, data on {where} as {str(plan.series_dtype).replace('torch.', '')}, "
                     f"prefetch {'on' if plan.prefetch else 'off'}",
         "ranks": f"{ctx.world_size} ({ctx.backend or 'single process'}), compute on {plan.compute_device}, "
@@ -373,11 +343,6 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
     finally:
         log.close()
         shutdown(ctx, together=False)  # no-op after the normal end
-
-
-def mape_alarms(sums: dict[str, MetricSums]) -> list[str]:
-    """One line per row of the table whose MAPE is above 1,000%, naming the readings that make it up."""
-    return [f"note: {name}: {alarm}" for name, s in sums.items() if (alarm := s.mape_alarm())]
 
 
 def format_test(test: dict[str, dict[str, float]], baselines: dict[str, dict[str, dict[str, float]]] | None = None,
