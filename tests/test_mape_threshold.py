@@ -89,3 +89,21 @@ def test_auto_threshold_and_the_alarm_on_their_own():
     calm = MetricSums(2, torch.device("cpu"), mape_threshold=1.0)
     calm.update(y + 1.0, y, None)
     assert calm.mape_alarm() is None and calm.result()["avg"]["mape"] < 1
+
+
+def test_a_trainer_on_the_composed_config_scores_with_the_runs_rule(tmp_path):
+    """benchmarks build a Trainer on the config as composed (threshold null): it scores as a run would."""
+    from helpers import TINY
+    from stgnn_launch.distributed.context import init_distributed
+    from stgnn_launch.train.run import build_pipeline, plan_for
+    from stgnn_launch.train.runlog import RunLog
+    from stgnn_launch.train.trainer import Trainer
+
+    cfg = compose_config(*TINY)
+    plan, env = plan_for(cfg)
+    ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s)
+    pipe = build_pipeline(cfg, plan, ctx)
+    log = RunLog(tmp_path, True)
+    trainer = Trainer(cfg, plan, ctx, pipe.model, pipe.prepared, pipe.source, pipe.batcher, tmp_path, log)
+    assert trainer.evaluate_sums("val")["model"].mape_threshold == pipe.facts["mape_threshold"] > 0
+    log.close()
