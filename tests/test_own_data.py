@@ -151,3 +151,16 @@ def test_a_baseline_as_the_model_gets_no_advice_to_train_longer(tmp_path, capsys
     record = run_training(cfg, tmp_path / "run")
     assert record["beats_persistence"] is False
     assert "train longer" not in capsys.readouterr().out
+
+
+def test_a_3d_array_without_axis_order_names_the_key_to_set(tmp_path):
+    from helpers import compose_config
+    from stgnn_launch.data.datasets import dataset_shape
+    from stgnn_launch.errors import UserError
+
+    np.save(tmp_path / "cube.npy", np.random.default_rng(3).random((60, 4, 2)))
+    np.save(tmp_path / "adj.npy", np.ones((4, 4), dtype=np.float32))
+    args = ("dataset=custom", f"dataset.path={tmp_path / 'cube.npy'}", f"dataset.adj_path={tmp_path / 'adj.npy'}")
+    with pytest.raises(UserError, match=r"set dataset.axis_order \(TN or NT for a 2-d array; TNF, NTF"):
+        dataset_shape(compose_config(*args).dataset)
+    assert dataset_shape(compose_config(*args, "dataset.axis_order=TNF").dataset) == (60, 4, 2)
