@@ -1,6 +1,6 @@
 """The resident memory a CPU training step really takes per byte of tensors the planner counts.
 
-stgnn-plan counts a step's live tensor bytes (probed per model, stgnn_launch/memory.py) and multiplies
+stgnn-plan counts a step's live tensor bytes (probed per model, stgnn_launch/planning/probe.py) and multiplies
 them by CPU_ACTIVATION_OVERHEAD: glibc keeps freed blocks of one step's temporaries in its heap, so
 the resident peak of a run is well above its largest set of live tensors. This script measures that
 factor on real `stgnn-train` runs, one fresh process per model, side by side:

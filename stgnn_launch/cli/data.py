@@ -5,8 +5,9 @@
     stgnn-data graph --distances FILE --sensor-ids FILE --out OUT [--threshold 0.1]
     stgnn-data generate --nodes N --steps T --seed S --out FILE.h5 [--start --freq]
 
-`inspect` treats a .pkl as a graph always, a .csv or .npy as a graph only with --graph (both kinds of
-file can hold either), and everything else as a series. Bad input ends with one line on stderr,
+`inspect` treats a .pkl as a graph always, a .csv or .npy as a graph with --graph or when it looks like
+one (square, non-negative, and 0/1, symmetric, or with a constant 0 or 1 diagonal: a series of as many
+steps as sensors would not be), and everything else as a series. Bad input ends with one line on stderr,
 "stgnn-data: error: ...", and exit status 2.
 """
 
@@ -16,6 +17,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from stgnn_launch.data.readers.hdf5_native import native_shape
 from stgnn_launch.data.readers import convert_to_native, read_series
@@ -48,18 +51,85 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _inspect(args: argparse.Namespace) -> None:
     path = Path(args.file)
-    if args.graph or path.suffix.lower() == ".pkl":
+    guessed = None if args.graph or path.suffix.lower() == ".pkl" else _graph_like(path)
+    if args.graph or path.suffix.lower() == ".pkl" or guessed:
         from stgnn_launch.data.graph import load_graph  # lazy: the graph module is optional for series work
 
         adjacency, sensor_ids = load_graph(path)
         summary = {"file": str(path), **describe_graph(adjacency),
                    "sensor_ids": "stored" if sensor_ids else "not stored"}
+        if guessed:
+            summary["read as"] = (f"a graph ({guessed}; --graph says so, and it goes in dataset.adj_path), "
+                                  "not a series")
         print(format_summary(summary))
         return
-    series = read_series(path, key=args.key, start=args.start, freq=args.freq, axis_order=args.axis_order)
+    try:
+        series = read_series(path, key=args.key, start=args.start, freq=args.freq, axis_order=args.axis_order)
+    except UserError as err:
+        raise UserError(f"{err}{_axis_order_hint(path, str(err))}") from None
     print(format_summary({"file": str(path), **describe_series(series)}))
     if series.graph is not None:
         print(format_summary({"graph": "stored", **describe_graph(series.graph)}))
+
+
+def _graph_like(path: Path) -> str | None:
+    """Why a .csv or .npy file without --graph looks like an adjacency matrix rather than a series, or None.
+
+    Only a file with as many rows as columns (one more for a header of ids) is read again as a matrix."""
+    from stgnn_launch.data.graph import load_graph
+
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError):
+            return None
+        if len(shape) != 2 or shape[0] != shape[1]:
+            return None
+    elif suffix == ".csv":
+        try:
+            with open(path, "rb") as handle:
+                columns, rows = handle.readline().count(b",") + 1, 1
+                for line in handle:  # stops past a square's rows: a long series is not read through
+                    rows += bool(line.strip())
+                    if rows > columns + 1:
+                        return None
+        except OSError:
+            return None
+        if rows < columns:
+            return None
+    else:
+        return None
+    try:
+        a, _ = load_graph(path)
+    except UserError:
+        return None
+    n = a.shape[0]
+    diagonal = np.diagonal(a)
+    if n < 2 or bool((a < 0).any()):
+        return None
+    if bool(np.isin(a, (0.0, 1.0)).all()):
+        return f"a square {n} x {n} matrix of 0/1"
+    if np.allclose(a, a.T, rtol=1e-6, atol=0):
+        return f"a square, symmetric, non-negative {n} x {n} matrix"
+    if bool((diagonal == 0).all()) or (bool((diagonal == 1).all()) and float(a.max()) <= 1):
+        return f"a square, non-negative {n} x {n} matrix with a diagonal of {int(diagonal[0])}"
+    return None
+
+
+def _axis_order_hint(path: Path, message: str) -> str:
+    """For an array of other dimensions than --axis-order: the orders that fit it."""
+    if "-d array for axis order" not in message:
+        return ""
+    import re
+
+    found = re.search(r"found shape \(([^)]*)\)", message)
+    ndim = len([d for d in found.group(1).split(",") if d.strip()]) if found else 0
+    fitting = [order for order in AXIS_ORDERS if len(order) == ndim]
+    if not fitting:
+        return ""
+    return (f"; pass --axis-order {' or '.join(fitting)} (T time steps, N sensors, F features; "
+            f"dataset.axis_order=... for stgnn-train)")
 
 
 def _graph(args: argparse.Namespace) -> None:

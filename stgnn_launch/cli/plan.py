@@ -21,13 +21,14 @@ from stgnn_launch.config.load import to_config
 from stgnn_launch.config.preflight import check_model_params
 from stgnn_launch.config.schema import register_configs
 from stgnn_launch.errors import UserError
-from stgnn_launch.planning.fit import EXIT_DOES_NOT_FIT, plan_memory
+from stgnn_launch.cli.memory_check import estimate_memory_for
+from stgnn_launch.planning.fit import EXIT_DOES_NOT_FIT
 
 
 def report(cfg: DictConfig) -> int:
     config = to_config(cfg)
     check_model_params(config.model.name, dict(config.model.params))
-    estimate = plan_memory(config)
+    estimate = estimate_memory_for(config)
     print(estimate.table())
     return 0 if estimate.fits else EXIT_DOES_NOT_FIT
 

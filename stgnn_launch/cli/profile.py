@@ -8,6 +8,7 @@ override composes the training config exactly as stgnn-train does (dataset, batc
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,11 +17,27 @@ from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from stgnn_launch.config.load import to_config
+from stgnn_launch.cli.memory_check import estimate_memory_for
 from stgnn_launch.planning.fit import settle_batch_size
 from stgnn_launch.config.schema import Config, register_configs
 from stgnn_launch.errors import UserError
 from stgnn_launch.profile.candidates import Candidate
 from stgnn_launch.profile.config import StudyConfig, register_profile_configs
+from stgnn_launch.train.preemption import Preempted
+
+
+class Stopped(Exception):
+    """SIGTERM (an allocation's end) or Ctrl-C: one line and exit 128 + the signal; a rerun continues."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _stop_on_signal(signum: int, frame) -> None:
+    """Outside a run's epochs (whose own handler writes a step checkpoint first): stop where it stands; a
+    run stopped so writes no failed.json, so the rerun resumes it from its last checkpoint."""
+    raise Preempted(f"stopped by {signal.Signals(signum).name}", signum)
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # stgnn_launch/conf
 
@@ -54,7 +71,10 @@ def compose_training(overrides: list[str], candidate: Candidate | None) -> Confi
                 cfg.model.target = candidate.target
             cfg.model.params = OmegaConf.merge(cfg.model.params, candidate.params)
     config = to_config(cfg)
-    settle_batch_size(config)  # a number before the study's arithmetic (batches per epoch) and its runs
+    # a number before the study's arithmetic (batches per epoch) and its runs; probed as stgnn-train probes
+    b = config.batching
+    settles = b.batch_size == "auto" and not b.global_batch_size and config.launcher.name == "local"
+    settle_batch_size(config, estimate_memory_for(config) if settles else None)
     return config
 
 
@@ -73,7 +93,17 @@ def profile(args: list[str]) -> int:
             base = compose_training(training_args, None)
             out_dir = Path(study.profile.out_dir or
                            f"runs/profile/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{base.dataset.name}")
-            result = run_study(study, training_args, compose_training, out_dir)
+            previous = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                result = run_study(study, training_args, compose_training, out_dir)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+    except Preempted as stop:
+        signum = stop.signum or signal.SIGTERM
+        name = signal.Signals(signum).name
+        what = str(stop) if str(stop).startswith("stopped") else f"stopped by {name} ({stop}, step checkpoint written)"
+        raise Stopped(f"{what}; run it again with profile.out_dir={out_dir} to continue", 128 + signum) from None
     except HydraException as err:  # an unknown group option, a malformed override
         raise UserError(f"config: {str(err).splitlines()[0]}") from None
     print(format_table(result))
@@ -91,6 +121,12 @@ def main() -> None:
     except UserError as err:
         print(f"stgnn-profile: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as stop:  # SIGTERM: 143, Ctrl-C: 130
+        print(f"stgnn-profile: {stop}", file=sys.stderr)
+        sys.exit(stop.code)
+    except KeyboardInterrupt:  # Ctrl-C before the study's runs started
+        print("stgnn-profile: interrupted", file=sys.stderr)
+        sys.exit(130)
     sys.exit(code)
 
 

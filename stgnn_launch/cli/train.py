@@ -26,9 +26,10 @@ def launch(cfg: DictConfig) -> int:
     config = to_config(cfg)
     check_model_params(config.model.name, dict(config.model.params))  # before any data is read
     if not in_torchrun():  # the launcher's check, once, before any data is read (ranks skip it)
-        from stgnn_launch.planning.fit import check_fits, settle_batch_size
+        from stgnn_launch.cli.memory_check import checked_estimate
+        from stgnn_launch.planning.fit import settle_batch_size
 
-        settle_batch_size(config, check_fits(config))
+        settle_batch_size(config, checked_estimate(config))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config.run_dir = str(run_dir)
     if sweep.is_slurm_sweep(config):  # -m: submitted with the others once every point is checked

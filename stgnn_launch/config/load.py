@@ -33,6 +33,17 @@ def save_run_config(cfg: Config, run_dir: Path) -> Path:
     return path
 
 
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """cfg with `key=value` overrides (OmegaConf dot-list), checked against the schema as a composed one."""
+    if not overrides:
+        return cfg
+    try:
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise UserError(f"overrides {overrides}: {str(getattr(err, 'msg', None) or err).splitlines()[0]}") from None
+    return to_config(OmegaConf.merge(OmegaConf.create(asdict(cfg)), dotlist))
+
+
 def load_run_config(run_dir: Path) -> Config:
     path = run_dir / RUN_CONFIG
     if not path.is_file():

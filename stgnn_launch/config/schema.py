@@ -246,10 +246,13 @@ class LauncherConfig:
 
 @dataclass(kw_only=True)
 class MetricsConfig:
-    mape_threshold: float = 0.0  # MAPE only over targets with |y| above this (near-zero targets make it meaningless)
+    # MAPE only over targets with |y| above this (near-zero targets make it meaningless); null: 1% of the
+    # RMS magnitude of the training readings (train/metrics.auto_mape_threshold). Presets set their own.
+    mape_threshold: Optional[float] = None
 
     def __post_init__(self) -> None:
-        _check(self.mape_threshold >= 0, "metrics.mape_threshold", "0 or more", self.mape_threshold)
+        _check(self.mape_threshold is None or self.mape_threshold >= 0, "metrics.mape_threshold",
+               "0 or more, or null (from the training readings)", self.mape_threshold)
 
 
 @dataclass(kw_only=True)

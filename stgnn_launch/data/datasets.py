@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,6 +37,18 @@ def _is_pgt_json(cfg: DatasetConfig) -> bool:
     return cfg.path is not None and Path(cfg.path).suffix.lower() == ".json"
 
 
+@contextmanager
+def _axis_order_hint():
+    """An array whose dimensions do not match dataset.axis_order: say which key to set."""
+    try:
+        yield
+    except UserError as err:
+        if "-d array for axis order" not in str(err):
+            raise
+        raise UserError(f"{err}; set dataset.axis_order (TN or NT for a 2-d array; TNF, NTF, NFT or TFN for "
+                        "a 3-d one: T time steps, N sensors, F features)") from None
+
+
 def dataset_shape(cfg: DatasetConfig) -> tuple[int, int, int]:
     """T, N, F of the configured series without reading its values (the planner's input)."""
     if cfg.name == "synthetic" and cfg.path is None:
@@ -44,7 +57,8 @@ def dataset_shape(cfg: DatasetConfig) -> tuple[int, int, int]:
         return tuple(load_dataset(cfg).values.shape)  # type: ignore[return-value]
     from stgnn_launch.data.readers import series_shape
 
-    return series_shape(series_path(cfg), **_read_options(cfg))
+    with _axis_order_hint():
+        return series_shape(series_path(cfg), **_read_options(cfg))
 
 
 def dataset_num_steps(cfg: DatasetConfig) -> int:
@@ -53,7 +67,8 @@ def dataset_num_steps(cfg: DatasetConfig) -> int:
 
     if _is_pgt_json(cfg):
         return load_dataset(cfg).num_steps
-    return series_num_steps(series_path(cfg), **_read_options(cfg))
+    with _axis_order_hint():
+        return series_num_steps(series_path(cfg), **_read_options(cfg))
 
 
 def load_dataset(cfg: DatasetConfig, time_range: tuple[int, int] | None = None, alloc=None) -> Series:
@@ -69,7 +84,8 @@ def load_dataset(cfg: DatasetConfig, time_range: tuple[int, int] | None = None, 
             first, stop = time_range
             series = replace(series, values=series.values[first:stop], timestamps=series.timestamps[first:stop])
     else:
-        series = load_series(series_path(cfg), time_range=time_range, alloc=alloc, **_read_options(cfg))
+        with _axis_order_hint():
+            series = load_series(series_path(cfg), time_range=time_range, alloc=alloc, **_read_options(cfg))
     if cfg.adj_path:
         from stgnn_launch.data.graph import load_graph
 

@@ -91,6 +91,10 @@ def run_study(study: StudyConfig, base: list[str], make_config: MakeConfig, out_
         "profile_cost_s": sum(m["profile_cost_s"] for m in models.values()),
     }
 
+    if prof.full or prof.reference:  # the prediction is known now: shown before hours of full training
+        ranking = order({label: m["predicted_mae"] for label, m in models.items()})
+        print("predicted ranking (before the full runs):\n" + format_table({**result, "ranking": ranking}), flush=True)
+
     # 2. Full training of every trainable candidate (early stopping), for the true order on this dataset.
     if prof.full:
         result["full_val_mae"], result["full_cost_s"] = _full_runs(

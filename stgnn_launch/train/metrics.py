@@ -15,6 +15,10 @@ import torch
 from stgnn_launch.data.prepare.missing import observed
 
 REPORTED_STEPS = (3, 6, 12)  # 15, 30 and 60 minutes at 5-minute steps
+AUTO_MAPE_FRACTION = 0.01  # metrics.mape_threshold=null: 1% of the training readings' RMS magnitude
+MAPE_ALARM = 10.0  # a MAPE above 1,000% is printed with the targets that make it up
+_DECADES = (-24, 8)  # |y| per decade 1e-24 .. 1e8 (the ends take everything beyond): where MAPE comes from
+_NB = _DECADES[1] - _DECADES[0]
 
 
 def observed_mask(y: torch.Tensor, null_value: float | None) -> torch.Tensor:
@@ -31,13 +35,14 @@ def masked_mae_loss(pred: torch.Tensor, y: torch.Tensor, null_value: float | Non
 
 class MetricSums:
     """Per horizon step: sum |e|, sum e^2, sum |e / y|, the count of observed targets, sum y^2 of the
-    observed targets (T-GCN's accuracy) and the count of targets MAPE covers (float64).
+    observed targets (T-GCN's accuracy) and the count of targets MAPE covers (float64); then, per decade
+    of |y|, the count of MAPE's targets and their sum |e / y| (which readings a huge MAPE comes from).
 
     MAPE covers the observed targets with |y| > mape_threshold: DCRNN's MAPE masks only missing values,
     which is the threshold 0 for speeds; near-zero counts (bus inflow) would make it meaningless."""
 
     def __init__(self, horizon: int, device: torch.device, mape_threshold: float = 0.0) -> None:
-        self.sums = torch.zeros(6, horizon, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(6 + 2 * _NB, horizon, dtype=torch.float64, device=device)
         self.mape_threshold = mape_threshold
 
     def update(self, pred: torch.Tensor, y: torch.Tensor, null_value: float | None) -> None:
@@ -53,7 +58,28 @@ class MetricSums:
         y_obs = torch.where(mask, y, zero)
         stacked = torch.stack([err.abs().sum(dims), (err * err).sum(dims), pct.sum(dims), mask.sum(dims),
                                (y_obs * y_obs).sum(dims), in_mape.sum(dims)])
-        self.sums += stacked.to(self.sums.device)
+        self.sums[:6] += stacked.to(self.sums.device)
+        horizon = y.shape[1]
+        decade = torch.floor(torch.log10(torch.where(in_mape, y.abs(), 1.0))).clamp(*_DECADES) - _DECADES[0]
+        slot = (decade.clamp_max(_NB - 1).long() * horizon
+                + torch.arange(horizon, device=y.device).view(1, -1, 1, 1))[in_mape]
+        counts = torch.bincount(slot, minlength=_NB * horizon).to(torch.float64)
+        pcts = torch.bincount(slot, weights=pct[in_mape], minlength=_NB * horizon)
+        self.sums[6:] += torch.cat([counts, pcts]).view(2 * _NB, horizon).to(self.sums.device)
+
+    def mape_alarm(self) -> str | None:
+        """Over every step: None while MAPE is at most 1,000%; else which targets make it up (the fewest
+        decades of the smallest |y| that hold half of its sum), so that a huge MAPE never goes unexplained."""
+        total = self.sums.cpu().sum(dim=1)
+        count, pcts = total[6:6 + _NB], total[6 + _NB:]
+        if not float(total[5]) or float(total[2]) / float(total[5]) <= MAPE_ALARM:
+            return None
+        share = torch.cumsum(pcts, 0) / pcts.sum()
+        last = int((share >= 0.5).nonzero()[0])
+        below = 10.0 ** (last + 1 + _DECADES[0])
+        return (f"MAPE above 1,000%: {100 * float(share[last]):.1f}% of its sum comes from "
+                f"{int(count[:last + 1].sum()):,} of {int(count.sum()):,} targets with |y| < {below:g} "
+                "(readings near zero); raise metrics.mape_threshold, e.g. stgnn-eval RUN_DIR metrics.mape_threshold=...")
 
     def result(self) -> dict[str, dict[str, float]]:
         """{"3": {...}, "6": ..., "12": ..., "avg": pooled over every step}; MAPE as a fraction."""
@@ -80,6 +106,29 @@ class MetricSums:
                 metrics["acc"] = 1.0 - math.sqrt(sq_err / sq_y) if sq_y > 0 else float("nan")
                 out[str(k)] = metrics
         return out
+
+
+def auto_mape_threshold(mean: torch.Tensor, std: torch.Tensor) -> float:
+    """metrics.mape_threshold=null: AUTO_MAPE_FRACTION of the RMS magnitude of the observed training readings
+    of the predicted features (from the scaler's mean and std), so that readings near zero (float residue,
+    idle counts) do not blow MAPE up, whatever the unit of the data."""
+    rms = float((mean.double() ** 2 + std.double() ** 2).mean().sqrt())
+    return float(f"{AUTO_MAPE_FRACTION * rms:.3g}")
+
+
+def mape_threshold_facts(configured: float | None, scaler, out_features: int) -> dict[str, float | str]:
+    """metrics.mape_threshold as set, or (null) from the scaler's training statistics: the same on every rank
+    and in stgnn-eval, which prepares the same data."""
+    if configured is not None:
+        return {"mape_threshold": configured, "mape_threshold_rule": "metrics.mape_threshold"}
+    f = out_features
+    return {"mape_threshold": auto_mape_threshold(scaler.mean[:f], scaler.std[:f]),
+            "mape_threshold_rule": f"auto: {AUTO_MAPE_FRACTION:.0%} of the training readings' RMS magnitude"}
+
+
+def mape_alarms(sums: dict[str, MetricSums]) -> list[str]:
+    """One line per row of the test table whose MAPE is above 1,000%, naming the readings that make it up."""
+    return [f"note: {name}: {alarm}" for name, s in sums.items() if (alarm := s.mape_alarm())]
 
 
 def _finish(column: torch.Tensor) -> dict[str, float]:

@@ -20,7 +20,12 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on purpose, try again (torchrun rest
 
 
 class Preempted(Exception):
-    """The run stopped on a signal after writing a step checkpoint; a resume continues from there."""
+    """The run stopped on a signal after writing a step checkpoint; a resume continues from there.
+    `signum`: the signal, where known (a launcher exits with 128 + it)."""
+
+    def __init__(self, message: str = "", signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class StopRequest:
@@ -39,10 +44,15 @@ class StopRequest:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
+        """Put the earlier handlers back; a signal that came after the last step boundary (nothing left to
+        checkpoint) is handed to the earlier handler where that is a Python one (stgnn-profile's stop)."""
+        previous, self._previous = self._previous, {}
+        for sig, handler in previous.items():
             if signal.getsignal(sig) == self._handle:  # not one set since (the worker's Ctrl-C ignores SIGTERM)
                 signal.signal(sig, handler)
-        self._previous.clear()
+        late = previous.get(self.signal) if self.signal is not None else None
+        if callable(late):
+            late(self.signal, None)
 
     def _handle(self, signum: int, frame) -> None:
         self.signal = signum

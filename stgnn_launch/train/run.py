@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from stgnn_launch.data.batching import Batcher, WindowSource, build_source
 from stgnn_launch.data.datasets import dataset_shape, load_dataset
 from stgnn_launch.data.prepare import Prepared, fill_missing, input_ranges, prepare, scaler_from_sums
 from stgnn_launch.data.prepare.checks import sensor_warnings
+from stgnn_launch.data.prepare.missing import count_missing
 from stgnn_launch.data.graph import SparseGraph
 from stgnn_launch.data.series import Series
 from stgnn_launch.data.summary import format_step
@@ -31,10 +32,10 @@ from stgnn_launch.models.registry import ModelSpec, build_model, model_class
 from stgnn_launch.planning.estimate import SIDE_BASELINE_READINGS
 from stgnn_launch.planning.machine import Machine
 from stgnn_launch.planning.plan import Plan, apply_threads, make_plan
-from stgnn_launch.train.metrics import MetricSums
+from stgnn_launch.train.metrics import MetricSums, mape_alarms, mape_threshold_facts
 from stgnn_launch.train.preemption import Preempted
 from stgnn_launch.train.record import FAILED, RESULTS, git_sha, peak_rss_bytes, write_json_atomic
-from stgnn_launch.train.runlog import RunLog, startup_block
+from stgnn_launch.train.runlog import RunLog, missing_line, model_label, startup_block
 from stgnn_launch.train.trainer import Trainer, fit_baseline, seed_everything
 
 
@@ -75,6 +76,11 @@ def load_prepared(cfg: Config, plan: Plan, ctx: DistContext) -> tuple[Prepared, 
     return prepare(series, plan.prep), series, None, filled
 
 
+def with_mape_threshold(cfg: Config, pipe: Pipeline) -> Config:
+    """cfg with the threshold the metrics use (decided in build_pipeline); the caller's cfg is left alone."""
+    return replace(cfg, metrics=replace(cfg.metrics, mape_threshold=pipe.facts["mape_threshold"]))
+
+
 def model_spec(prepared: Prepared, graph: SparseGraph) -> ModelSpec:
     return ModelSpec(num_nodes=prepared.values.shape[1], in_features=prepared.in_features,
                      out_features=prepared.out_features, window=prepared.window, horizon=prepared.horizon,
@@ -110,7 +116,10 @@ def build_pipeline(cfg: Config, plan: Plan, ctx: DistContext) -> Pipeline:
              "warnings": sensor_warnings(prepared.values, series.sensor_ids, series.feature_names,
                                          input_ranges(prepared.starts["train"], prepared.window),
                                          prepared.null_value) if ctx.is_main else [],
-             "windows": {split: len(starts) for split, starts in prepared.starts.items()}}
+             "windows": {split: len(starts) for split, starts in prepared.starts.items()},
+             "missing_readings": count_missing(prepared.values, prepared.null_value) if ctx.is_main else None,
+             "readings": prepared.values.numel(),
+             **mape_threshold_facts(cfg.metrics.mape_threshold, prepared.scaler, prepared.out_features)}
     graph = series.graph
     del series
     spec = model_spec(prepared, graph)
@@ -178,7 +187,9 @@ def startup_facts(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, run
         "dataset": f"{f['name']}: {f['num_steps']} steps x {f['num_nodes']} nodes x {f['num_features']} features, "
                    f"step {f['step']}" + (" (this rank's time range)" if f["time_shard"] else ""),
         "windows": ", ".join(f"{k} {v}" for k, v in f["windows"].items()),
-        "model": f"{cfg.model.name}, {params:,} parameters",
+        "missing": missing_line(f, pipe.prepared.null_value),
+        "MAPE over": f"|y| > {f['mape_threshold']:g} ({f['mape_threshold_rule']})",
+        "model": f"{model_label(cfg.model)}, {params:,} parameters",
         "batching": f"{plan.mode}, data on {where} as {str(plan.series_dtype).replace('torch.', '')}, "
                     f"prefetch {'on' if plan.prefetch else 'off'}",
         "ranks": f"{ctx.world_size} ({ctx.backend or 'single process'}), compute on {plan.compute_device}, "
@@ -205,6 +216,7 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
     try:
         pipe = build_pipeline(cfg, plan, ctx)
         wait_for_all(ctx)  # every rank's data is loaded (long timeout); training's collectives have the short one
+        cfg = with_mape_threshold(cfg, pipe)
         log.info(startup_block(startup_facts(cfg, plan, ctx, pipe, run_dir)))
         if pipe.facts["filled_readings"]:
             log.info(f"warning: dataset {cfg.dataset.name}: {pipe.facts['filled_readings']} readings were NaN or "
@@ -228,10 +240,11 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
             save_predictions(trainer, "test", run_dir / "predictions.npz")
         if ctx.is_main:
             write_json_atomic(record, run_dir / RESULTS)
-            log.info(format_test(test, baselines, cfg.metrics.mape_threshold))
+            log.info(format_test(test, baselines, cfg.metrics.mape_threshold, pipe.facts["mape_threshold_rule"],
+                                 mape_alarms(test_all)))
             if cfg.trainer.pooled_steps:
                 log.info(format_pooled(record["test_pooled"]))
-            if record.get("beats_persistence") is False:
+            if record.get("beats_persistence") is False and trainer.trainable:  # a baseline cannot train longer
                 log.info(f"warning: {cfg.model.name} did not beat persistence on the test windows (MAE "
                          f"{test['avg']['mae']:.4f} vs {baselines['persistence']['avg']['mae']:.4f}): train longer, "
                          "or try another learning rate")
@@ -334,6 +347,7 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
     try:
         pipe = build_pipeline(cfg, plan, ctx)
         wait_for_all(ctx)  # every rank's data is loaded (long timeout); training's collectives have the short one
+        cfg = with_mape_threshold(cfg, pipe)
         trainer = Trainer(cfg, plan, ctx, pipe.model, pipe.prepared, pipe.source, pipe.batcher, run_dir, log,
                           pipe.baselines)
         if trainer.trainable:
@@ -350,8 +364,8 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
             save_predictions(trainer, split, run_dir / f"predictions_{split}.npz")
         if ctx.is_main:
             write_json_atomic(record, run_dir / f"eval_{split}_w{ctx.world_size}.json")
-            print(format_test(metrics, baselines, cfg.metrics.mape_threshold).replace("test metrics",
-                                                                                      f"{split} metrics"), flush=True)
+            print(format_test(metrics, baselines, cfg.metrics.mape_threshold, pipe.facts["mape_threshold_rule"],
+                              mape_alarms(sums)).replace("test metrics", f"{split} metrics"), flush=True)
         shutdown(ctx)
         return record
     finally:
@@ -360,9 +374,10 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
 
 
 def format_test(test: dict[str, dict[str, float]], baselines: dict[str, dict[str, dict[str, float]]] | None = None,
-                mape_threshold: float = 0.0) -> str:
-    """The test table: the model at each reported horizon, then each baseline's average beside it."""
-    mape_note = f"MAPE over |y| > {mape_threshold:g}"
+                mape_threshold: float = 0.0, rule: str | None = None, notes: list[str] | None = None) -> str:
+    """The test table: the model at each reported horizon, then each baseline's average beside it; `notes`
+    (a MAPE above 1,000% and where it comes from) after it."""
+    mape_note = f"MAPE over |y| > {mape_threshold:g}" + (f", {rule}" if rule else "")
     lines = [f"test metrics (masked, de-normalized; {mape_note})",
              f"{'horizon':>8} {'MAE':>8} {'RMSE':>8} {'MAPE':>8}"]
     for step, m in test.items():
@@ -370,4 +385,4 @@ def format_test(test: dict[str, dict[str, float]], baselines: dict[str, dict[str
     for name, metrics in (baselines or {}).items():
         m = metrics["avg"]
         lines.append(f"{'avg':>8} {m['mae']:8.4f} {m['rmse']:8.4f} {100 * m['mape']:7.2f}%  <- {name}")
-    return "\n".join(lines)
+    return "\n".join(lines + list(notes or []))

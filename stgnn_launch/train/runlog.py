@@ -92,6 +92,27 @@ class RunLog:
             self._writer = None
 
 
+def missing_line(facts: dict[str, Any], null_value: float | None) -> str:
+    """The start-up block's share of readings treated as missing, and why (run facts: missing_readings,
+    filled_readings = the NaN/inf ones, readings)."""
+    missing, filled = facts["missing_readings"], facts["filled_readings"]
+    if missing is None:  # counted on rank 0, which prints the block
+        return "counted on rank 0"
+    line = f"{missing:,} of {facts['readings']:,} readings ({100 * missing / max(1, facts['readings']):.1f}%)"
+    if null_value is None:
+        return line + f": {filled:,} NaN or infinite (dataset.null_value=null: every finite reading is real)"
+    line += f": {missing - filled:,} equal to dataset.null_value={null_value:g}, {filled:,} NaN or infinite"
+    if missing - filled:
+        line += f" (set dataset.null_value=null if a {null_value:g} is a real reading)"
+    return line
+
+
+def model_label(model: Any) -> str:
+    """The model's name, or the class a by-import-path model brings (model.target, model.cell)."""
+    path = model.target or model.cell
+    return f"{path} (model={model.name})" if path else model.name
+
+
 def startup_block(facts: dict[str, Any]) -> str:
     """One aligned block of what this run is, printed by rank 0 before the first batch."""
     width = max(len(k) for k in facts) + 1

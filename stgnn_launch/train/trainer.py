@@ -31,7 +31,7 @@ from stgnn_launch.data.prepare import Prepared
 from stgnn_launch.distributed.context import DistContext, StepVote, all_reduce_sum, barrier
 from stgnn_launch.planning.plan import Plan
 from stgnn_launch.train import checkpoint
-from stgnn_launch.train.metrics import MetricSums, masked_mae_loss
+from stgnn_launch.train.metrics import MetricSums, mape_threshold_facts, masked_mae_loss
 from stgnn_launch.train.preemption import Preempted, StopRequest
 from stgnn_launch.train.runlog import RunLog
 
@@ -249,6 +249,8 @@ class Trainer:
         {"model": ..., and with_baselines each baseline scored on the same windows}."""
         self.model.eval()
         threshold = self.cfg.metrics.mape_threshold
+        if threshold is None:  # a Trainer built on the composed config (benchmarks): the runs' own rule
+            threshold = mape_threshold_facts(None, self.prepared.scaler, self.prepared.out_features)["mape_threshold"]
         names = ["model"] + (list(self.baselines) if with_baselines else [])
         sums = {name: MetricSums(self.prepared.horizon, self.ctx.device, threshold) for name in names}
         positions = eval_positions(self.source.count(split), self.plan.eval_batch_size, self.plan.schedule_rank,
@@ -281,7 +283,7 @@ class Trainer:
         if stop:
             self.log.info(f"stopping at epoch {epoch} step {step} on a signal: step checkpoint written; a resume "
                           "(or the requeued job) continues from this step")
-            raise Preempted(f"preempted at epoch {epoch} step {step}")
+            raise Preempted(f"preempted at epoch {epoch} step {step}", self.stop.signal)
 
     def fit(self) -> None:
         """Epochs with early stopping on validation MAE; a checkpoint after every epoch, and at a step

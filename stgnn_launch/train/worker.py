@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from stgnn_launch.config.load import load_run_config
+from stgnn_launch.config.load import load_run_config, with_overrides
 from stgnn_launch.errors import UserError
 from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 
@@ -29,12 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--eval", metavar="SPLIT", choices=["train", "val", "test"],
                         help="evaluate the run's best checkpoint instead of training")
+    parser.add_argument("--set", action="append", default=[], metavar="metrics.KEY=VALUE",
+                        help="with --eval: a scoring override (stgnn-eval's metrics.* arguments)")
     args = parser.parse_args(argv)
     # Until training installs its handler, the preemption signal must not kill a rank that is loading data.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGINT, _interrupted)
     try:
-        cfg = load_run_config(args.run_dir)
+        cfg = with_overrides(load_run_config(args.run_dir), args.set if args.eval else [])
         if args.eval:
             from stgnn_launch.train.run import run_evaluation
 

@@ -48,3 +48,12 @@ def fill_missing(values: torch.Tensor, null_value: float | None) -> int:
             block.masked_fill_(bad, marker)
             count += found
     return count
+
+
+def count_missing(values: torch.Tensor, null_value: float | None) -> int:
+    """How many readings `observed` calls missing, chunk by chunk (no full-size temporary)."""
+    count, steps = 0, chunk_steps(values)
+    for first in range(0, values.shape[0], steps):
+        block = values[first:first + steps]
+        count += block.numel() - int(observed(block, null_value).sum())
+    return count
