@@ -132,7 +132,7 @@ def test_a_model_that_checks_its_node_count_against_the_dataset_trains(tmp_path)
                      "model=custom", "model.target=own_graph:OwnGraphNet", f"model.params.adj_path={tmp_path / 'my_adj.csv'}",
                      *TINY_TRAIN, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert code == 0, out
-    assert f"model:      own_graph:OwnGraphNet (model=custom)" in out  # the class, not `custom`
+    assert "model:      own_graph:OwnGraphNet (model=custom)" in out  # the class, not `custom`
     assert json.loads((tmp_path / "run" / "results.json").read_text())["dataset"]["num_nodes"] == nodes
 
 
