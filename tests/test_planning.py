@@ -73,3 +73,18 @@ def test_planning_modules_import_only_those_below_them(module):
     planning = {m.removeprefix("stgnn_launch.planning.") for m in imported if m.startswith("stgnn_launch.planning.")}
     assert planning <= set(ORDER[:ORDER.index(module)]), planning
     assert not {"stgnn_launch.plan", "stgnn_launch.memory"} & imported
+
+
+def test_the_probe_forks_the_cpu_generator_only(monkeypatch):
+    """fork_rng() without devices=[] touches every visible GPU and warns on multi-GPU ranks; the probe's random
+    batches are drawn on the CPU alone."""
+    import torch
+
+    from stgnn_launch.planning.probe import probe_activations
+
+    seen = []
+    original = torch.random.fork_rng
+    monkeypatch.setattr(torch.random, "fork_rng", lambda *a, **k: (seen.append(k.get("devices")), original(*a, **k))[1])
+    state = torch.get_rng_state()
+    probe_activations(compose_config("model.params.hidden=4"), 2, 1)
+    assert seen == [[]] and torch.equal(torch.get_rng_state(), state)  # the caller's random state is kept
