@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from stgnn_launch.models.host_state import HostState
 from stgnn_launch.models.registry import ModelSpec, register
 
 ArrayLike = Tensor | np.ndarray
@@ -36,7 +37,7 @@ class Persistence(nn.Module):
 
 
 @register("historical_average")
-class HistoricalAverage(nn.Module):
+class HistoricalAverage(HostState):
     """Per sensor and time-of-day slot mean of the observed training readings.
 
     A (slot, sensor) pair never observed falls back to the sensor's overall observed mean (0, the
@@ -57,17 +58,7 @@ class HistoricalAverage(nn.Module):
         self.register_buffer("table", table)  # persistent: the fitted state is the whole model
         self.fitted = False  # a host flag: asking it per batch costs no device round trip
 
-    def get_extra_state(self) -> dict[str, bool]:
-        return {"fitted": self.fitted}
-
-    def set_extra_state(self, state: dict[str, bool]) -> None:
-        self.fitted = bool(state["fitted"])
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        legacy = state_dict.pop(prefix + "fitted", None)  # from when the flag was a buffer
-        if legacy is not None:
-            state_dict.setdefault(prefix + "_extra_state", {"fitted": bool(legacy)})
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    host_state = (("fitted", bool),)
 
     @torch.no_grad()
     def fit(self, train_values: ArrayLike, train_observed: ArrayLike, train_slots: ArrayLike) -> None:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from stgnn_launch.errors import expect
 from stgnn_launch.models.checkpointing import maybe_checkpoint
+from stgnn_launch.models.host_state import HostState
 from stgnn_launch.models.graph_ops import (
     SparseMatrix,
     SparseOperators,
@@ -85,7 +86,7 @@ def inverse_sigmoid_decay(batches_seen: int | Tensor, cl_decay_steps: float) -> 
 
 
 @register("dcrnn")
-class DCRNN(nn.Module):
+class DCRNN(HostState):
     """DCRNN encoder-decoder with scheduled sampling; `batches_seen` is checkpointed state."""
 
     trainable = True
@@ -122,17 +123,7 @@ class DCRNN(nn.Module):
         # sampling schedule: no device op per step, and no buffer for DDP to broadcast before every forward.
         self.batches_seen = 0
 
-    def get_extra_state(self) -> dict[str, int]:
-        return {"batches_seen": self.batches_seen}
-
-    def set_extra_state(self, state: dict[str, int]) -> None:
-        self.batches_seen = int(state["batches_seen"])
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        legacy = state_dict.pop(prefix + "batches_seen", None)  # checkpoints from when it was a buffer
-        if legacy is not None:
-            state_dict.setdefault(prefix + "_extra_state", {"batches_seen": int(legacy)})
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    host_state = (("batches_seen", int),)
 
     def teacher_forcing_probability(self) -> Tensor:
         """The probability of feeding the truth at the current `batches_seen` (1 without curriculum,
