@@ -102,3 +102,20 @@ def test_dcrnn_pgti_matches_its_cell_rollout_values_and_gradients(in_features, o
     inputs = [x, *model.parameters()]
     for a, b in zip(torch.autograd.grad(fast.square().sum(), inputs), torch.autograd.grad(reference.square().sum(), inputs)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_tsl_stand_in_scatter_matches_a_loop():
+    """benchmarks/peers_tsl.py's torch_scatter stand-in: the reductions tsl's graph code asks for."""
+    sys.path.insert(0, str(PEERS.parent))
+    try:
+        import peers_tsl
+    finally:
+        sys.path.remove(str(PEERS.parent))
+    src = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, -6.0], [7.0, 8.0]])
+    index = torch.tensor([0, 2, 0, 2])
+    expected = {"sum": [[6.0, -4.0], [0.0, 0.0], [10.0, 12.0]], "max": [[5.0, 2.0], [0.0, 0.0], [7.0, 8.0]],
+                "mean": [[3.0, -2.0], [0.0, 0.0], [5.0, 6.0]]}
+    for reduce, want in expected.items():
+        got = peers_tsl._scatter(src, index, dim=0, dim_size=3, reduce=reduce)
+        assert torch.equal(got, torch.tensor(want)), reduce
+    assert peers_tsl._broadcast(index, src, 0).shape == src.shape
