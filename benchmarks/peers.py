@@ -23,6 +23,9 @@ the real PEMS-BAY graph where ../shared/data has it):
 3. peak RSS of PGT's standard path (`PemsBayDatasetLoader.get_dataset`, then every window copied out
    into tensors as its batched examples do) against our `batching=standard`, each in a fresh process.
 
+4. tsl 0.9.5 (benchmarks/peers_tsl.py, METR-LA shape): window assembly, one Graph WaveNet training
+   step with each side's own model class, peak memory; its ratios join the JSON line (--no-tsl: not run).
+
 Timings alternate PGT / ours and report the median of the repeats; ratios are what to read.
 
     python benchmarks/peers.py            # PEMS-BAY shape
