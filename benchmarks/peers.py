@@ -1,18 +1,30 @@
-"""Side by side against PyTorch Geometric Temporal 0.56.2's index batching (PGT-I), as published, in one run.
+"""Side by side against PyTorch Geometric Temporal 0.56.2's index batching (PGT-I), as published, in one run,
+on equal work.
 
 Three comparisons on the same synthetic PEMS-BAY-shaped data (325 sensors x 52,116 five-minute steps,
 the real PEMS-BAY graph where ../shared/data has it):
 
-1. batch assembly, one thread, batch 64, shuffled: PGT-I's `get_index_dataset` DataLoader (its
-   `IndexDataset`, per-sample slicing + default collate, over its z-scored T x N x C array of the
-   measured features and time of day) against our batches (gather + finish, `take`); with speed + time
-   of day, then with two measured features + time of day. Also this machine's one-thread memcpy
-   bandwidth, and the bytes of our batches per second as a fraction of it.
+1. the complete CPU batch, one thread, batch 64, shuffled, each side producing the batch its model
+   receives and dropping it before the next, as a training loop does:
+   - PGT-I: its `get_index_dataset` DataLoader (`IndexDataset`: per-sample slices of its z-scored
+     T x N x C array of the measured features and time of day, then default collate), x and y of C
+     channels each;
+   - ours: `take` of `batching=index` on a CPU (inputs: one row gather from the z-scored input table
+     built at load; targets: one row gather of the raw series), y of one channel: we produce fewer bytes.
+   With speed + time of day, then with two measured features + time of day. Reported: wall time and
+   process CPU time per batch (medians of alternating runs), minor page faults per batch, the bytes each
+   side produces, and the one-thread memcpy rate of those same bytes, memory to memory and, named as
+   such, with source and destination resident in cache.
+   Also, named as what it is, the raw row gather of a GPU run's feed thread (W + H raw rows into a
+   reused staging buffer; z-score and covariates then run on the GPU): host-side work, not a batch.
 2. one training step (forward, loss, backward, Adam) of our `dcrnn_pgti` against PGT's `BatchedDCRNN`
    as its indexBatching/DCRNN example trains it: `BatchedDCRNN(2, 2, K=3)`, masked MAE on the
-   de-normalized outputs of all channels. Torch's default thread count for both.
+   de-normalized outputs of all channels. Torch's default thread count for both; CPU time.
 3. peak RSS of PGT's standard path (`PemsBayDatasetLoader.get_dataset`, then every window copied out
    into tensors as its batched examples do) against our `batching=standard`, each in a fresh process.
+
+4. tsl 0.9.5 (benchmarks/peers_tsl.py, METR-LA shape): window assembly, one Graph WaveNet training
+   step with each side's own model class, peak memory; its ratios join the JSON line (--no-tsl: not run).
 
 Timings alternate PGT / ours and report the median of the repeats; ratios are what to read.
 
@@ -31,6 +43,7 @@ import importlib
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,16 +75,17 @@ class OurData:
     part_shapes: Callable[[int], list]  # the staging buffers' shapes and dtypes for a batch size
 
 
-def build_our_source(series, mode: str) -> OurData:
-    """Our `mode` ("index" | "standard") batches of `series`, DCRNN protocol, W = H = 12: take(split,
-    positions) gives x: B x W x N x (F + C) (z-scored readings, time of day) and y: B x H x N x 1 (raw
-    speed), as stgnn-train's data path builds them (gather, then finish, here on the same CPU)."""
+def build_our_source(series, mode: str, compute_device: torch.device | None = None) -> OurData:
+    """Our `mode` ("index" | "standard" | "dist_index") batches of `series`, DCRNN protocol, W = H = 12:
+    take(split, positions) gives x: B x W x N x (F + C) (z-scored readings, time of day) and
+    y: B x H x N x 1 (raw speed), as stgnn-train's data path builds them for a finish on `compute_device`
+    (default: this CPU; pass a GPU device, even a "meta" one, for the raw gather a GPU run's feed does)."""
     from stgnn_launch.data.prepare import PrepareSpec, prepare
 
     prepared = prepare(series, PrepareSpec(window=12, horizon=12, train_ratio=0.7, test_ratio=0.2, null_value=0.0))
     from stgnn_launch.data.batching import build_source, take
 
-    source = build_source(mode, prepared, torch.device("cpu"))
+    source = build_source(mode, prepared, torch.device("cpu"), compute_device)
     return OurData(lambda split, positions: take(source, split, positions), source.count, prepared,
                    source.gather, source.part_shapes)
 
@@ -87,7 +101,7 @@ class Sizes:
     memcpy_mib: int  # size of the memcpy probe
 
 
-FULL = Sizes(nodes=325, steps=52_116, batch=64, gather_batches=200, dcrnn_steps=1, repeats=5, memcpy_mib=256)
+FULL = Sizes(nodes=325, steps=52_116, batch=64, gather_batches=200, dcrnn_steps=3, repeats=7, memcpy_mib=256)
 QUICK = Sizes(nodes=40, steps=3_000, batch=64, gather_batches=10, dcrnn_steps=1, repeats=3, memcpy_mib=16)
 
 
@@ -199,38 +213,82 @@ def example_masked_mae(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
 
 
 # ---- measurements ----------------------------------------------------------------------------------
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class Cost:
+    wall_s: float
+    cpu_s: float  # this process's user + system time
+    minor_faults: int
+
+
+def measured(fn: Callable[[], object]) -> Cost:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return Cost(wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
-def alternate(repeats: int, a: Callable[[], float], b: Callable[[], float]) -> tuple[float, float]:
-    """Median seconds of a and b, run a, b, a, b, ... after one untimed warm-up each."""
-    a(), b()
-    times_a, times_b = [], []
+def alternate(repeats: int, *runs: Callable[[], object]) -> list[Cost]:
+    """Per run, the medians of wall time, CPU time and page faults over `repeats` runs taken in turn
+    (a, b, c, a, b, c, ...), after one untimed warm-up each."""
+    for run in runs:
+        run()
+    costs: list[list[Cost]] = [[] for _ in runs]
     for _ in range(repeats):
-        times_a.append(a())
-        times_b.append(b())
-    return statistics.median(times_a), statistics.median(times_b)
+        for run, seen in zip(runs, costs):
+            seen.append(measured(run))
+    return [Cost(statistics.median(c.wall_s for c in seen), statistics.median(c.cpu_s for c in seen),
+                 int(statistics.median(c.minor_faults for c in seen))) for seen in costs]
 
 
-def memcpy_bytes_per_s(mib: int, repeats: int = 7) -> float:
-    """One-thread copy bandwidth: bytes copied per second into a preallocated tensor (median)."""
-    src = torch.rand(mib * 2**18)
+def timed(fn: Callable[[], object]) -> float:
+    return measured(fn).wall_s
+
+
+def memcpy_bytes_per_s(nbytes: int, pool_mib: int, repeats: int = 7) -> dict:
+    """One-thread copy rate of `nbytes` (a batch's bytes), median of `repeats` runs of as many copies as
+    fill `pool_mib`: memory to memory (each copy from and to fresh places of two pools larger than the
+    caches, as a batch reads a large series and writes new pages), and cache-resident (the same source
+    copied again and again into the same destination: what a small buffer reused in cache reaches)."""
+    count = max(1, pool_mib * 2**20 // nbytes)
+    elements = nbytes // 4
+    src = torch.rand(count * elements)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    return src.nbytes / statistics.median(timed(lambda: dst.copy_(src)) for _ in range(repeats))
+
+    def from_memory() -> None:
+        for i in range(count):
+            dst[i * elements:(i + 1) * elements].copy_(src[i * elements:(i + 1) * elements])
+
+    small_src, small_dst = src[:elements], dst[:elements]
+
+    def in_cache() -> None:
+        for _ in range(count):
+            small_dst.copy_(small_src)
+
+    memory, cache = alternate(repeats, from_memory, in_cache)
+    return {"bytes": nbytes, "memory_to_memory_bytes_per_s": nbytes * count / memory.wall_s,
+            "cache_resident_bytes_per_s": nbytes * count / cache.wall_s}
+
+
+HOW_PGT = ("PGT-I: DataLoader over IndexDataset, B per-sample slices of its z-scored T x N x C array (x: W "
+           "steps, y: H steps, all C channels), then default collate (torch.stack) into new x and y")
+HOW_OURS = ("ours: take of batching=index on a CPU: x = one row gather of the W input rows per start from the "
+            "T x N x (F+1) input table z-scored once at load; y = one row gather of the H raw target rows")
+HOW_GATHER = ("ours, GPU run's host side (not a batch): one row gather of the W + H raw rows per start into a "
+              "reused staging buffer; z-score, time of day and targets then run on the GPU")
 
 
 def gather_comparison(pgt, sizes: Sizes, features: int, folder: Path) -> dict:
-    """Samples per second and batch bytes of PGT-I's DataLoader and our take, same data and batch."""
+    """Equal work: each side's complete batch, dropped after use; and our GPU run's host-side gather."""
     values, tod = synthetic_readings(sizes, features)
     adj = adjacency(sizes.nodes)
     write_pgt_files(folder, values, tod, adj)
     pgt_train, *_, pgt_means, pgt_stds = pgt_index_loaders(pgt, folder, sizes.batch)
-    ours = build_our_source(our_series(values, adj), "index")
-    del values
+    series = our_series(values, adj)
+    ours = build_our_source(series, "index")  # finish on this CPU: from the input table
+    gpu_feed = build_our_source(series, "index", torch.device("meta"))  # as a GPU run's feed: raw rows
+    del values, series
 
     n, b, k = ours.count("train"), sizes.batch, sizes.gather_batches
     if len(pgt_train.dataset) != n:
@@ -248,42 +306,39 @@ def gather_comparison(pgt, sizes: Sizes, features: int, folder: Path) -> dict:
     pgt_raw = pgt_x[..., :features] * pgt_stds[:features] + pgt_means[:features]
     torch.testing.assert_close(our_x[0, ..., :features] * scaler.std + scaler.mean, pgt_raw, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(our_y[0, ..., 0], pgt_y[..., 0] * pgt_stds[0] + pgt_means[0], rtol=1e-4, atol=1e-3)
+    del px, py, ox, oy, pgt_x, pgt_y, our_x, our_y
 
-    def run_pgt() -> float:
+    def run_pgt() -> None:
         batches = iter(pgt_train)  # a fresh shuffle, as each epoch of its example
-        return timed(lambda: [next(batches) for _ in range(k)])
+        for _ in range(k):
+            x, y = next(batches)  # used, then dropped when the next one comes: a training loop
+        del x, y
 
-    def run_ours() -> float:
-        def epoch() -> None:
-            order = torch.randperm(n)  # a fresh shuffle, inside the timing as PGT-I's sampler's is
-            for i in range(k):
-                ours.take("train", order[i * b:(i + 1) * b])
+    def run_ours() -> None:
+        order = torch.randperm(n)  # a fresh shuffle, inside the timing as PGT-I's sampler's is
+        for i in range(k):
+            x, y = ours.take("train", order[i * b:(i + 1) * b])
+        del x, y
 
-        return timed(epoch)
+    staging = tuple(torch.empty(shape, dtype=dtype) for shape, dtype in gpu_feed.part_shapes(b))
 
-    staging = tuple(torch.empty(shape, dtype=dtype) for shape, dtype in ours.part_shapes(b))
+    def run_gpu_feed_gather() -> None:
+        order = torch.randperm(n)
+        for i in range(k):
+            gpu_feed.gather("train", order[i * b:(i + 1) * b], staging)
 
-    def run_ours_gather() -> float:
-        """Batch assembly as stgnn-train's feed thread does it: one row gather into a reused staging
-        buffer (normalisation and covariates then run on the compute device, a GPU in production)."""
-        def epoch() -> None:
-            order = torch.randperm(n)
-            for i in range(k):
-                ours.gather("train", order[i * b:(i + 1) * b], staging)
-
-        return timed(epoch)
-
-    pgt_s, ours_s = alternate(sizes.repeats, run_pgt, run_ours)
-    pgt_s2, gather_s = alternate(sizes.repeats, run_pgt, run_ours_gather)
+    pgt_cost, ours_cost, gather_cost = alternate(sizes.repeats, run_pgt, run_ours, run_gpu_feed_gather)
+    px, py = next(iter(pgt_train))
+    ox, oy = ours.take("train", torch.arange(b))
+    pgt_bytes, ours_bytes = px.nbytes + py.nbytes, ox.nbytes + oy.nbytes
     return {
         "features": features,
-        "pgt_samples_per_s": b * k / pgt_s,
-        "ours_samples_per_s": b * k / ours_s,  # gather + finish on this CPU (take)
-        "pgt_samples_per_s_2": b * k / pgt_s2,  # PGT-I again, alternating with the gather-only runs
-        "ours_gather_samples_per_s": b * k / gather_s,
-        "ours_gather_bytes": sum(t.nbytes for t in staging),
-        "pgt_batch_bytes": px.nbytes + py.nbytes,
-        "ours_batch_bytes": ox.nbytes + oy.nbytes,
+        "pgt": {**asdict(pgt_cost), "batch_bytes": pgt_bytes, "how": HOW_PGT},
+        "ours": {**asdict(ours_cost), "batch_bytes": ours_bytes, "how": HOW_OURS},
+        "gpu_feed_gather": {**asdict(gather_cost), "batch_bytes": sum(t.nbytes for t in staging), "how": HOW_GATHER},
+        "batches_per_run": k,
+        "pgt_memcpy": memcpy_bytes_per_s(pgt_bytes, sizes.memcpy_mib),
+        "ours_memcpy": memcpy_bytes_per_s(ours_bytes, sizes.memcpy_mib),
         "pgt_batch_shapes": [list(px.shape), list(py.shape)],
         "ours_batch_shapes": [list(ox.shape), list(oy.shape)],
     }
@@ -331,11 +386,14 @@ def dcrnn_comparison(pgt, sizes: Sizes, folder: Path) -> dict:
         ours_opt.step()
         loss.item()
 
-    def repeat(step: Callable[[], None]) -> Callable[[], float]:
-        return lambda: timed(lambda: [step() for _ in range(sizes.dcrnn_steps)]) / sizes.dcrnn_steps
+    def repeat(step: Callable[[], None]) -> Callable[[], None]:
+        return lambda: [step() for _ in range(sizes.dcrnn_steps)]
 
-    pgt_s, ours_s = alternate(sizes.repeats, repeat(pgt_step), repeat(ours_step))
-    return {"pgt_step_s": pgt_s, "ours_step_s": ours_s, "threads": torch.get_num_threads(),
+    pgt_cost, ours_cost = alternate(sizes.repeats, repeat(pgt_step), repeat(ours_step))
+    steps = sizes.dcrnn_steps
+    return {"pgt_step_s": pgt_cost.wall_s / steps, "ours_step_s": ours_cost.wall_s / steps,
+            "pgt_step_cpu_s": pgt_cost.cpu_s / steps, "ours_step_cpu_s": ours_cost.cpu_s / steps,
+            "threads": torch.get_num_threads(),
             "pgt_output_shape": list(pgt_model(pgt_x, edges, edge_weights).shape),
             "ours_output_shape": list(ours(ours_x).shape)}
 
@@ -398,26 +456,43 @@ def memory_comparison(sizes: Sizes, folder: Path) -> dict:
 
 
 # ---- report ----------------------------------------------------------------------------------------
-def report(sizes: Sizes, gathers: list[dict], memcpy: float, dcrnn: dict, memory: dict, quick: bool) -> dict:
+def report(sizes: Sizes, gathers: list[dict], dcrnn: dict, memory: dict, quick: bool, extra: dict) -> dict:
     one, two = gathers
-    our_bytes_per_s = one["ours_gather_bytes"] * one["ours_gather_samples_per_s"] / sizes.batch
-    pgt_bytes_per_s = one["pgt_batch_bytes"] * one["pgt_samples_per_s"] / sizes.batch
+
+    def per_batch(g: dict, side: str, key: str) -> float:
+        return g[side][key] / g["batches_per_run"]
+
+    def fraction(g: dict, side: str, memcpy: str, rate: str) -> float:
+        """The side's batch bytes per second as a fraction of memcpy's rate for the same bytes."""
+        return g[side]["batch_bytes"] / per_batch(g, side, "wall_s") / g[memcpy][rate]
+
     mib = 2**20
     summary = {
-        # batch assembly on the host: our feed thread's gather vs PGT-I's DataLoader
-        "gather_speedup_vs_pgt": one["ours_gather_samples_per_s"] / one["pgt_samples_per_s_2"],
-        "gather_speedup_vs_pgt_2features": two["ours_gather_samples_per_s"] / two["pgt_samples_per_s_2"],
-        # the finished model input on this CPU: gather + z-score + covariates (on a GPU, the finish runs there)
-        "take_speedup_vs_pgt": one["ours_samples_per_s"] / one["pgt_samples_per_s"],
-        "take_speedup_vs_pgt_2features": two["ours_samples_per_s"] / two["pgt_samples_per_s"],
-        "dcrnn_step_ratio_vs_pgt": dcrnn["ours_step_s"] / dcrnn["pgt_step_s"],
+        # the complete CPU batch on equal work, both sides dropping each batch: wall time, then CPU time
+        "take_speedup_vs_pgt": one["pgt"]["wall_s"] / one["ours"]["wall_s"],
+        "take_speedup_vs_pgt_2features": two["pgt"]["wall_s"] / two["ours"]["wall_s"],
+        "take_cpu_speedup_vs_pgt": one["pgt"]["cpu_s"] / one["ours"]["cpu_s"],
+        "take_cpu_speedup_vs_pgt_2features": two["pgt"]["cpu_s"] / two["ours"]["cpu_s"],
+        "pgt_page_faults_per_batch": per_batch(one, "pgt", "minor_faults"),
+        "ours_page_faults_per_batch": per_batch(one, "ours", "minor_faults"),
+        "pgt_batch_bytes": one["pgt"]["batch_bytes"],
+        "ours_batch_bytes": one["ours"]["batch_bytes"],
+        "pgt_memcpy_fraction": fraction(one, "pgt", "pgt_memcpy", "memory_to_memory_bytes_per_s"),
+        "ours_memcpy_fraction": fraction(one, "ours", "ours_memcpy", "memory_to_memory_bytes_per_s"),
+        "pgt_memcpy_cache_resident_fraction": fraction(one, "pgt", "pgt_memcpy", "cache_resident_bytes_per_s"),
+        "ours_memcpy_cache_resident_fraction": fraction(one, "ours", "ours_memcpy", "cache_resident_bytes_per_s"),
+        # the host-side work of a GPU run (raw rows only), against PGT-I's complete batch: not equal work
+        "gpu_feed_gather_speedup_vs_pgt": one["pgt"]["wall_s"] / one["gpu_feed_gather"]["wall_s"],
+        "gpu_feed_gather_speedup_vs_pgt_2features": two["pgt"]["wall_s"] / two["gpu_feed_gather"]["wall_s"],
+        # one training step, CPU time (the wall-time ratio beside it)
+        "dcrnn_step_ratio_vs_pgt": dcrnn["ours_step_cpu_s"] / dcrnn["pgt_step_cpu_s"],
+        "dcrnn_step_wall_ratio_vs_pgt": dcrnn["ours_step_s"] / dcrnn["pgt_step_s"],
         "standard_memory_ratio_vs_pgt": memory["ours"]["peak_rss_bytes"] / memory["pgt"]["peak_rss_bytes"],
-        "memcpy_fraction": our_bytes_per_s / memcpy,
-        "pgt_memcpy_fraction": pgt_bytes_per_s / memcpy,
-        "memcpy_bytes_per_s": memcpy,
+        **{k: v for k, v in extra.items() if not isinstance(v, dict)},
         "gather": gathers,
         "dcrnn": dcrnn,
         "memory": memory,
+        **{k: v for k, v in extra.items() if isinstance(v, dict)},
         "sizes": asdict(sizes),
         "quick": quick,
         "versions": {"torch": torch.__version__, "torch_geometric_temporal": PGT_VERSION,
@@ -425,21 +500,28 @@ def report(sizes: Sizes, gathers: list[dict], memcpy: float, dcrnn: dict, memory
         "real_graph": sizes.nodes == 325 and ADJ_PATH.is_file(),
     }
     print(f"data: {sizes.steps} steps x {sizes.nodes} sensors, batch {sizes.batch}, W = H = 12, "
-          f"median of {sizes.repeats} alternating runs")
-    print(f"{'':44}{'PGT-I':>14}{'ours':>14}{'ours/PGT':>10}")
+          f"median of {sizes.repeats} alternating runs; both sides drop each batch")
+    print(f"  {HOW_PGT}\n  {HOW_OURS}\n  {HOW_GATHER}")
+    print(f"{'per batch, 1 thread':48}{'PGT-I':>12}{'ours':>12}{'PGT/ours':>10}")
     for g in gathers:
-        label = f"gather samples/s, 1 thread, {g['features']} feature(s)+tod"
-        print(f"{label:44}{g['pgt_samples_per_s_2']:14,.0f}{g['ours_gather_samples_per_s']:14,.0f}"
-              f"{g['ours_gather_samples_per_s'] / g['pgt_samples_per_s_2']:10.2f}")
-        label = f"take (gather + CPU finish), {g['features']} feature(s)"
-        print(f"{label:44}{g['pgt_samples_per_s']:14,.0f}{g['ours_samples_per_s']:14,.0f}"
-              f"{g['ours_samples_per_s'] / g['pgt_samples_per_s']:10.2f}")
-    print(f"{'gather fraction of memcpy (' + f'{memcpy / 1e9:.1f} GB/s)':44}"
-          f"{summary['pgt_memcpy_fraction']:14.2f}{summary['memcpy_fraction']:14.2f}")
-    print(f"{'DCRNN train step s, ' + str(dcrnn['threads']) + ' threads':44}{dcrnn['pgt_step_s']:14.3f}"
-          f"{dcrnn['ours_step_s']:14.3f}{summary['dcrnn_step_ratio_vs_pgt']:10.2f}")
-    print(f"{'standard path peak RSS MiB':44}{memory['pgt']['peak_rss_bytes'] / mib:14,.0f}"
-          f"{memory['ours']['peak_rss_bytes'] / mib:14,.0f}{summary['standard_memory_ratio_vs_pgt']:10.2f}")
+        f = g["features"]
+        for key, unit, scale in (("wall_s", "ms wall", 1e3), ("cpu_s", "ms CPU", 1e3), ("minor_faults", "page faults", 1)):
+            label = f"complete batch, {f} feature(s) + tod, {unit}"
+            a, b = per_batch(g, "pgt", key) * scale, per_batch(g, "ours", key) * scale
+            print(f"{label:48}{a:12.3f}{b:12.3f}{(a / b if b else math.inf):10.2f}")
+        label = f"  bytes produced, {f} feature(s)"
+        print(f"{label:48}{g['pgt']['batch_bytes']:12,}{g['ours']['batch_bytes']:12,}")
+        label = "  GPU run's host gather (not a batch), ms wall"
+        print(f"{label:48}{'':12}{per_batch(g, 'gpu_feed_gather', 'wall_s') * 1e3:12.3f}"
+              f"{g['pgt']['wall_s'] / g['gpu_feed_gather']['wall_s']:10.2f}")
+    print(f"{'fraction of memcpy of its bytes, memory->memory':48}{summary['pgt_memcpy_fraction']:12.2f}"
+          f"{summary['ours_memcpy_fraction']:12.2f}")
+    print(f"{'  (cache-resident memcpy, same bytes)':48}{summary['pgt_memcpy_cache_resident_fraction']:12.2f}"
+          f"{summary['ours_memcpy_cache_resident_fraction']:12.2f}")
+    print(f"{'DCRNN train step s CPU, ' + str(dcrnn['threads']) + ' threads':48}{dcrnn['pgt_step_cpu_s']:12.3f}"
+          f"{dcrnn['ours_step_cpu_s']:12.3f}{1 / summary['dcrnn_step_ratio_vs_pgt']:10.2f}")
+    print(f"{'standard path peak RSS MiB':48}{memory['pgt']['peak_rss_bytes'] / mib:12,.0f}"
+          f"{memory['ours']['peak_rss_bytes'] / mib:12,.0f}{1 / summary['standard_memory_ratio_vs_pgt']:10.2f}")
     return summary
 
 
@@ -447,6 +529,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes: a smoke test")
     parser.add_argument("--out", default=str(HERE / "peers.json"), help="where to write the JSON summary")
+    parser.add_argument("--no-tsl", action="store_true", help="leave out the tsl comparison")
     parser.add_argument("--memory-child", choices=["pgt", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -460,15 +543,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stgnn-peers-") as tmp:
         torch.set_num_threads(1)
         gathers = [gather_comparison(pgt, sizes, features, Path(tmp) / f"f{features}") for features in (1, 2)]
-        memcpy = memcpy_bytes_per_s(sizes.memcpy_mib)
         torch.set_num_threads(default_threads)
         dcrnn = dcrnn_comparison(pgt, sizes, Path(tmp) / "dcrnn")
         memory = memory_comparison(sizes, Path(tmp) / "memory")
-    summary = report(sizes, gathers, memcpy, dcrnn, memory, args.quick)
-    if not all(math.isfinite(v) and v > 0 for k, v in summary.items() if k.endswith(("_pgt", "fraction"))):
+    extra = {} if args.no_tsl else tsl_summary(args.quick)
+    summary = report(sizes, gathers, dcrnn, memory, args.quick, extra)
+    ratios = [v for k, v in summary.items() if k.endswith(("_pgt", "_pgt_2features", "fraction", "_speedup", "_ratio"))]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in ratios):
         raise SystemExit(f"non-positive or non-finite result: {summary}")
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
+
+
+def tsl_summary(quick: bool) -> dict:
+    """The tsl comparison (benchmarks/peers_tsl.py), or why it did not run."""
+    try:
+        sys.path.insert(0, str(HERE))
+        import peers_tsl
+    except ImportError as err:
+        return {"tsl": {"skipped": f"benchmarks/peers_tsl.py: {err}"}}
+    try:
+        return peers_tsl.run(quick)
+    except Exception as err:  # noqa: BLE001 (the PGT-I numbers above stand; say why tsl's are missing)
+        return {"tsl": {"skipped": f"{type(err).__name__}: {err}"}}
 
 
 if __name__ == "__main__":

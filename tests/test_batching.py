@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from helpers import random_series, shared_file
-from stgnn_launch.data.batching import (Batcher, BatchFeed, IndexedWindows, MaterializedWindows, eval_positions,
-                                        take)
+from stgnn_launch.data.batching import (Batcher, BatchFeed, IndexedWindows, MaterializedWindows, build_source,
+                                        eval_positions, take)
 from stgnn_launch.data.prepare import PrepareSpec, prepare
 
 CPU = torch.device("cpu")
@@ -45,7 +45,9 @@ def eval_batches(source, split, batch_size, rank=0, world=1):
 
 def assert_same_batches(prepared, batch_size=16, world=2, seed=5):
     standard = MaterializedWindows(prepared, CPU)
-    index = IndexedWindows(prepared, CPU)
+    index = IndexedWindows(prepared, CPU)  # the per-batch finish: dist_index, and any finish on a GPU
+    tabled = build_source("index", prepared, CPU)  # index on a CPU: inputs from the table built at load
+    assert tabled.table is not None
     n = index.count("train")
     schedule = Batcher(n, batch_size * world, True, seed)
     ranks = [Batcher(n, batch_size, True, seed, rank=r, world=world) for r in range(world)]
@@ -53,10 +55,13 @@ def assert_same_batches(prepared, batch_size=16, world=2, seed=5):
         expected = batches(standard, schedule, epoch)
         assert len(expected) > 3
         got = batches(index, schedule, epoch, prefetch=True)
+        got_tabled = batches(tabled, schedule, epoch, prefetch=True)
         per_rank = [batches(index, b, epoch, prefetch=True) for b in ranks]
         assert len(got) == len(expected) and all(len(p) == len(expected) for p in per_rank)
+        assert len(got_tabled) == len(expected)
         for i, (x, y) in enumerate(expected):
             assert torch.equal(got[i][0], x) and torch.equal(got[i][1], y)
+            assert torch.equal(got_tabled[i][0], x) and torch.equal(got_tabled[i][1], y)
             union_x = torch.cat([p[i][0] for p in per_rank])
             union_y = torch.cat([p[i][1] for p in per_rank])
             assert torch.equal(union_x, x) and torch.equal(union_y, y)
@@ -66,6 +71,8 @@ def assert_same_batches(prepared, batch_size=16, world=2, seed=5):
         union = [b for r in range(world) for b in eval_batches(index, split, 32, r, world)]  # rank 0's block first
         assert torch.equal(torch.cat([x for x, _ in union]), expected_x)
         assert torch.equal(torch.cat([y for _, y in union]), expected_y)
+        assert torch.equal(torch.cat([x for x, _ in eval_batches(tabled, split, 32)]), expected_x)
+        assert torch.equal(torch.cat([y for _, y in eval_batches(tabled, split, 32)]), expected_y)
         assert expected_x.shape[0] == len(prepared.starts[split])  # every window exactly once
 
 
@@ -228,3 +235,28 @@ def test_evaluation_batches_larger_than_training_ones_fit_the_feed():
     got = [x.clone() for x, _ in feed.batches("test", eval_positions(source.count("test"), 40))]
     expected = [x for x, _ in eval_batches(source, "test", 40)]
     assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_index_on_a_cpu_gathers_only_target_rows_and_counts_its_input_table():
+    prepared = prepared_from(random_series(steps=2000, nodes=10), day_of_week=False)
+    tabled = build_source("index", prepared, CPU)
+    plain = IndexedWindows(prepared, CPU)
+    assert tabled.part_shapes(4) == [((4, 12, 10, 1), torch.float32), ((4,), torch.int64)]  # H rows, not W + H
+    assert tabled.data_bytes == plain.data_bytes + 2000 * 10 * 2 * 4  # the T x N x (F + C) table, counted
+    assert tabled.series_bytes == plain.series_bytes  # the series itself: untouched, raw
+    block, starts = tabled.gather("train", torch.tensor([5]))
+    assert torch.equal(block[0], prepared.values[17:29]) and int(starts[0]) == 5
+    with pytest.raises(ValueError, match="input table"):
+        tabled.to(torch.device("meta"))  # a device finish needs the raw inputs: such a source is built without it
+    # on a GPU run (finish on the device) and for dist_index, no table: the per-batch finish
+    assert build_source("index", prepared, CPU, torch.device("meta")).table is None
+    assert build_source("dist_index", prepared, CPU).table is None
+
+
+def test_the_input_table_is_capped(monkeypatch):
+    import stgnn_launch.data.batching.windows as windows
+
+    monkeypatch.setattr(windows, "INPUT_TABLE_MAX_BYTES", 1000)
+    prepared = prepared_from(random_series(steps=300, nodes=4))
+    source = build_source("index", prepared, CPU)
+    assert source.table is None and source.part_shapes(2)[0][0] == (2, 24, 4, 1)

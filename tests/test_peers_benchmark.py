@@ -16,8 +16,9 @@ from stgnn_launch.models.registry import ModelSpec, build_model
 from helpers import REPO
 
 PEERS = REPO / "benchmarks" / "peers.py"
-KEYS = ("gather_speedup_vs_pgt", "gather_speedup_vs_pgt_2features", "dcrnn_step_ratio_vs_pgt",
-        "standard_memory_ratio_vs_pgt", "memcpy_fraction")
+KEYS = ("take_speedup_vs_pgt", "take_speedup_vs_pgt_2features", "take_cpu_speedup_vs_pgt",
+        "take_cpu_speedup_vs_pgt_2features", "gpu_feed_gather_speedup_vs_pgt", "dcrnn_step_ratio_vs_pgt",
+        "standard_memory_ratio_vs_pgt", "pgt_memcpy_fraction", "ours_memcpy_fraction")
 
 
 def _pgt_installable() -> str | None:
@@ -40,7 +41,7 @@ def test_quick_run_ends_with_one_json_line_of_positive_finite_ratios(tmp_path):
     if reason:
         pytest.skip(f"torch-geometric-temporal 0.56.2 cannot be installed here: {reason}")
     out = tmp_path / "peers.json"
-    done = subprocess.run([sys.executable, str(PEERS), "--quick", "--out", str(out)], cwd=REPO,
+    done = subprocess.run([sys.executable, str(PEERS), "--quick", "--no-tsl", "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     last = json.loads(done.stdout.strip().splitlines()[-1])
@@ -49,6 +50,14 @@ def test_quick_run_ends_with_one_json_line_of_positive_finite_ratios(tmp_path):
     assert json.loads(out.read_text()) == last
     gather = last["gather"]
     assert [g["features"] for g in gather] == [1, 2]
+    for g in gather:  # equal work: both sides' complete batches, each with its cost and how it is built
+        for side in ("pgt", "ours", "gpu_feed_gather"):
+            assert g[side]["wall_s"] > 0 and g[side]["cpu_s"] > 0 and g[side]["minor_faults"] >= 0
+            assert g[side]["how"]
+        assert g["pgt"]["batch_bytes"] == 2 * 64 * 12 * 40 * (g["features"] + 1) * 4  # x and y: every channel
+        assert g["ours"]["batch_bytes"] == 64 * 12 * 40 * (g["features"] + 1 + 1) * 4  # x, and y of one channel
+        assert g["ours_memcpy"]["bytes"] == g["ours"]["batch_bytes"]
+    assert last["pgt_page_faults_per_batch"] < 10  # PGT-I's batches are dropped, not kept alive
     # same information on both sides: inputs of speed (+ a second feature) and time of day
     assert gather[0]["pgt_batch_shapes"][0] == gather[0]["ours_batch_shapes"][0] == [64, 12, 40, 2]
     assert gather[1]["pgt_batch_shapes"][0] == gather[1]["ours_batch_shapes"][0] == [64, 12, 40, 3]
@@ -93,3 +102,20 @@ def test_dcrnn_pgti_matches_its_cell_rollout_values_and_gradients(in_features, o
     inputs = [x, *model.parameters()]
     for a, b in zip(torch.autograd.grad(fast.square().sum(), inputs), torch.autograd.grad(reference.square().sum(), inputs)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_tsl_stand_in_scatter_matches_a_loop():
+    """benchmarks/peers_tsl.py's torch_scatter stand-in: the reductions tsl's graph code asks for."""
+    sys.path.insert(0, str(PEERS.parent))
+    try:
+        import peers_tsl
+    finally:
+        sys.path.remove(str(PEERS.parent))
+    src = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, -6.0], [7.0, 8.0]])
+    index = torch.tensor([0, 2, 0, 2])
+    expected = {"sum": [[6.0, -4.0], [0.0, 0.0], [10.0, 12.0]], "max": [[5.0, 2.0], [0.0, 0.0], [7.0, 8.0]],
+                "mean": [[3.0, -2.0], [0.0, 0.0], [5.0, 6.0]]}
+    for reduce, want in expected.items():
+        got = peers_tsl._scatter(src, index, dim=0, dim_size=3, reduce=reduce)
+        assert torch.equal(got, torch.tensor(want)), reduce
+    assert peers_tsl._broadcast(index, src, 0).shape == src.shape

@@ -156,6 +156,31 @@ def test_a_gathered_batch_is_the_slices_of_its_series(layout, features, seed, da
 
 
 @PROPERTY
+@given(layouts(max_steps=200), st.integers(1, 3), st.booleans(), st.booleans(), st.integers(0, 1000), st.data())
+def test_the_cpu_input_table_gives_bitwise_the_per_batch_finish(layout, features, nan_nulls, day_of_week, seed,
+                                                                  data):
+    """`index` on a CPU z-scores once into an input table; its batches are bitwise those of the per-batch
+    finish (dist_index, and on a GPU), with or without a null value (NaN readings), with one or more
+    covariates, whatever the window and split."""
+    series = random_series(steps=layout["num_steps"], nodes=3, features=features, seed=seed, missing=0.05)
+    if nan_nulls:
+        series.values[series.values == 0] = float("nan")
+    spec = PrepareSpec(**{k: v for k, v in layout.items() if k != "num_steps"}, out_features=1,
+                       null_value=None if nan_nulls else 0.0, day_of_week=day_of_week)
+    try:
+        prepared = prepare(series, spec)
+    except UserError:
+        assume(False)
+    tabled, per_batch = IndexedWindows(prepared, input_table=True), IndexedWindows(prepared)
+    assert tabled.table is not None and per_batch.table is None
+    split = data.draw(st.sampled_from(["train", "val", "test"]))
+    positions = torch.tensor(data.draw(st.lists(st.integers(0, tabled.count(split) - 1), min_size=1, max_size=8)))
+    for a, b in zip(take(tabled, split, positions), take(per_batch, split, positions)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))  # bit for bit, NaN and -0.0 included
+
+
+@PROPERTY
 @given(layouts(max_steps=200), st.integers(0, 1000))
 def test_the_scaler_never_sees_a_step_outside_the_training_inputs(layout, seed):
     series = random_series(steps=layout["num_steps"], nodes=3, seed=seed, missing=0.05)

@@ -29,4 +29,6 @@ def build_source(mode: str, prepared: Prepared, data_device: torch.device,
     """The window source of `mode`, its data on `data_device` (the series, or standard's windows)."""
     if mode == "standard":
         return MaterializedWindows(prepared, data_device)
-    return IndexedWindows(prepared, data_device, compute_device)
+    # `index` finishes on the CPU from an input table built once (one process, its own copy); `dist_index`
+    # keeps the node's one shared copy and nothing per rank, so it finishes per batch (the same values)
+    return IndexedWindows(prepared, data_device, compute_device, input_table=mode == "index")

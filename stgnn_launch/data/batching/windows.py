@@ -9,6 +9,14 @@ A window is a start index s: input steps s .. s+W-1, target steps s+W .. s+W+H-1
   memory-copy speed, and one contiguous host-to-device copy. `finish` then, on the device, z-scores the
   inputs, appends the covariates (looked up from the starts in a T x C table on the device, so they
   are never copied to every node on the host) and takes the targets as a view of the block.
+  When `finish` runs on the CPU as well (a CPU run of `index`), the z-score and the covariates are applied
+  ONCE, at load, into a T x N x (F + C) float32 table of model inputs (`input_table=True`, what
+  `build_source` asks for in mode `index`): a batch is then one row gather of its W input rows from
+  that table and one of its H raw target rows from the series, with no per-batch arithmetic. The table
+  holds the values the per-batch finish would compute, element by element with the same float32
+  operations, so batches stay bitwise equal; the series itself stays raw (targets and the null mask
+  exact, the node-shared copy of `dist_index` untouched). It costs T x N x (F + C) x 4 bytes per process,
+  counted in `data_bytes` and capped by `INPUT_TABLE_MAX_BYTES` (above: the per-batch finish).
 * `MaterializedWindows` (standard) copies every finished (x, y) window of every split out up front:
   the field's usual pipeline, kept as the memory baseline. Its `gather` picks rows, `finish` passes.
 
@@ -23,7 +31,9 @@ from typing import Protocol
 import torch
 
 from stgnn_launch.data.prepare import Prepared
+from stgnn_launch.data.prepare.missing import chunk_steps
 
+INPUT_TABLE_MAX_BYTES = 2**30  # a larger CPU input table is not built: the per-batch finish runs instead
 Parts = tuple[torch.Tensor, ...]  # what `gather` produces and the feed moves to the device
 Batch = tuple[torch.Tensor, torch.Tensor]  # (x, y) as the model and the metrics see them
 
@@ -76,7 +86,17 @@ class Finisher:
         b, _, n, f = block.shape
         c = self.covariates.shape[-1]
         x = torch.empty((b, self.window, n, f + c), device=block.device)
-        inputs = block[:, : self.window]
+        self._inputs(block[:, : self.window], x)
+        if c:
+            steps = starts.to(self.offsets.device)[:, None] + self.offsets  # B x W
+            x[..., f:] = self.covariates[steps].view(b, self.window, 1, c)
+        y = block[:, self.window:, :, : self.out_features].float()
+        return x, y
+
+    def _inputs(self, inputs: torch.Tensor, x: torch.Tensor) -> None:
+        """x[..., :F] = the z-scored `inputs` (... x F), channel by channel: the one definition of the
+        model's input values, shared by the per-batch finish and the input table."""
+        f = inputs.shape[-1]
         if inputs.dtype != torch.float32:  # a reduced-precision series: z-score in float32, not in bf16
             inputs = inputs.float()
         for i in range(f):
@@ -85,18 +105,26 @@ class Finisher:
             channel.div_(self.std_tensors[i] if channel.is_cuda else self.std_values[i])
         if self.zero_nan_inputs:
             x[..., :f] = x[..., :f].nan_to_num(nan=0.0)
-        if c:
-            steps = starts.to(self.offsets.device)[:, None] + self.offsets  # B x W
-            x[..., f:] = self.covariates[steps].view(b, self.window, 1, c)
-        y = block[:, self.window:, :, : self.out_features].float()
-        return x, y
+
+    def input_table(self, values: torch.Tensor, chunk_steps: int) -> torch.Tensor:
+        """T x N x (F + C) float32: every step's model input (z-scored readings, then its covariates),
+        computed once, `chunk_steps` steps at a time, with the same operations as `__call__`."""
+        t, n, f = values.shape
+        c = self.covariates.shape[-1]
+        table = torch.empty((t, n, f + c), device=values.device)
+        for first in range(0, t, chunk_steps):
+            last = min(t, first + chunk_steps)
+            self._inputs(values[first:last], table[first:last])
+            if c:
+                table[first:last, :, f:] = self.covariates[first:last, None, :].to(values.device)
+        return table
 
 
 class IndexedWindows:
     """`index` / `dist_index`: one copy of the series, windows cut on demand."""
 
     def __init__(self, prepared: Prepared, data_device: torch.device | None = None,
-                 compute_device: torch.device | None = None) -> None:
+                 compute_device: torch.device | None = None, *, input_table: bool = False) -> None:
         values = prepared.values
         self.data_device = data_device or values.device
         if values.device != self.data_device:  # the series on the GPU (batching.device=gpu): one copy
@@ -104,11 +132,17 @@ class IndexedWindows:
         t, n, f = values.shape
         self.values = values
         self.rows = values.view(t, n * f)  # a window's W+H steps are W+H consecutive rows
+        self.window = prepared.window
         self.span = prepared.window + prepared.horizon
         self.offsets = torch.arange(self.span, device=self.data_device)
         self.starts = {k: torch.from_numpy(v).to(self.data_device) for k, v in prepared.starts.items()}
-        self.finisher = Finisher(prepared, compute_device or self.data_device)
-        self.data_bytes = _nbytes(values) + _nbytes(prepared.covariates)
+        compute = compute_device or self.data_device
+        self.finisher = Finisher(prepared, compute)
+        self.table: torch.Tensor | None = None  # T x (N (F + C)) model inputs, when `finish` runs on this CPU
+        table_bytes = t * n * (f + prepared.covariates.shape[-1]) * 4
+        if input_table and self.data_device.type == compute.type == "cpu" and table_bytes <= INPUT_TABLE_MAX_BYTES:
+            self.table = self.finisher.input_table(values, chunk_steps(values)).view(t, -1)
+        self.data_bytes = _nbytes(values) + _nbytes(prepared.covariates) + (_nbytes(self.table) if self.table is not None else 0)
         self.series_bytes = _nbytes(values)
 
     def count(self, split: str) -> int:
@@ -116,26 +150,39 @@ class IndexedWindows:
 
     def part_shapes(self, batch_size: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
         _, n, f = self.values.shape
-        return [((batch_size, self.span, n, f), self.values.dtype), ((batch_size,), torch.int64)]
+        span = self.span if self.table is None else self.span - self.window  # with the table: targets only
+        return [((batch_size, span, n, f), self.values.dtype), ((batch_size,), torch.int64)]
 
     def gather(self, split: str, positions: torch.Tensor, out: Parts | None = None) -> Parts:
+        """The raw rows of each window (W + H of them; with the input table, the H target rows) and the
+        starts."""
         starts = self.starts[split][positions.to(self.data_device)]
-        rows = (starts[:, None] + self.offsets).view(-1)
-        b = starts.numel()
+        offsets = self.offsets if self.table is None else self.offsets[self.window:]
+        rows = (starts[:, None] + offsets).view(-1)
+        b, span = starts.numel(), offsets.numel()
         _, n, f = self.values.shape
         if out is None or out[0].shape[0] < b:  # no staging buffer, or one too small for this batch
-            block = self.rows.index_select(0, rows).view(b, self.span, n, f)
+            block = self.rows.index_select(0, rows).view(b, span, n, f)
             return block, starts
         block_out, starts_out = out[0][:b], out[1][:b]
-        torch.index_select(self.rows, 0, rows, out=block_out.view(b * self.span, n * f))
+        torch.index_select(self.rows, 0, rows, out=block_out.view(b * span, n * f))
         starts_out.copy_(starts)
         return block_out, starts_out
 
     def finish(self, parts: Parts) -> Batch:
-        return self.finisher(*parts)
+        if self.table is None:
+            return self.finisher(*parts)
+        targets, starts = parts  # the inputs: one row gather from the table, already z-scored with covariates
+        b, _, n, _ = targets.shape
+        rows = (starts[:, None] + self.offsets[: self.window]).view(-1)
+        x = self.table.index_select(0, rows).view(b, self.window, n, -1)
+        return x, targets[..., : self.finisher.out_features].float()
 
     def to(self, device: torch.device) -> None:
         """Where `finish` runs (the compute device)."""
+        if self.table is not None and device.type != "cpu":
+            raise ValueError(f"this window source finishes batches from a CPU input table; build it with "
+                             f"compute_device={device} (or input_table=False) to finish them on {device}")
         self.finisher.to(device)
 
 
