@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from stgnn_launch.config.schema import Config
+from stgnn_launch.data.batching.windows import INPUT_TABLE_MAX_BYTES
 from stgnn_launch.distributed.context import RankEnv
 from stgnn_launch.planning.layout import Layout, covariate_count, decide_layout, prepare_spec
 from stgnn_launch.planning.machine import Machine
@@ -165,6 +166,9 @@ def _data_terms(cfg: Config, layout: Layout, shape: tuple[int, int, int]) -> lis
     if layout.series_dtype.itemsize != 4:  # read as float32, then cast: both exist for a moment
         terms.append(Term("float32 read before the cast", "load", steps * n * f * 4))
     terms.append(Term("covariates table", "both", covariates))
+    table = t * n * (f + c) * 4
+    if layout.mode == "index" and not layout.cuda and table <= INPUT_TABLE_MAX_BYTES:
+        terms.append(Term("model-input table (z-scored once)", "both", table))  # windows.py: CPU batches
     return terms
 
 
