@@ -9,7 +9,7 @@ with no N-dependence to fit), and the run goes on with that estimate.
 
 from __future__ import annotations
 
-from stgnn_launch.config.preflight import BY_IMPORT_PATH
+from stgnn_launch.models.params import BY_IMPORT_PATH
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
 

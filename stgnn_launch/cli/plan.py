@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from stgnn_launch.cli.train import CONF_DIR
 from stgnn_launch.config.load import to_config
-from stgnn_launch.config.preflight import check_model_params
+from stgnn_launch.models.params import check_model_params
 from stgnn_launch.config.schema import register_configs
 from stgnn_launch.errors import UserError
 from stgnn_launch.cli.memory_check import estimate_memory_for

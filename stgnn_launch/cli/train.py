@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from stgnn_launch.config.load import save_run_config, to_config
-from stgnn_launch.config.preflight import check_model_params
+from stgnn_launch.models.params import check_model_params
 from stgnn_launch.config.schema import register_configs
 from stgnn_launch.distributed.context import in_torchrun
 from stgnn_launch.errors import UserError
