@@ -10,12 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from stgnn_launch.errors import UserError
-
-
-def _check(ok: bool, key: str, expected: str, found: Any) -> None:
-    if not ok:
-        raise UserError(f"{key}: expected {expected}, found {found!r}")
+from stgnn_launch.errors import expect as _check  # one message shape: "<key>: expected ..., found ..."
 
 
 @dataclass(kw_only=True)

@@ -79,16 +79,7 @@ def write_markdown(groups: list[Group], rows: list[dict[str, Any]], baselines: d
                     [_ids(g, with_variant) + [mean_std(g, "epoch_time_s"), mean_std(g, "samples_per_s"),
                                               mean_std(g, "speedup", 3), mean_std(g, "efficiency", 3)]
                      for g in groups])
-    lines += ["## Memory (MiB)", "", "Data: the series or materialized windows held; per node counts node-shared "
-              "pages once. Peak: resident set size; GPU peak: the caching allocator's (max_memory_allocated), beside "
-              "what it reserved.", ""]
-    memory = [("data_bytes_per_rank", "data / rank"), ("data_bytes_per_node", "data / node"),
-              ("series_bytes_per_rank", "series / rank"), ("series_bytes_per_node", "series / node"),
-              ("peak_rss_bytes_per_rank", "peak / rank"), ("peak_rss_bytes_per_node", "peak / node"),
-              ("device_peak_bytes_per_rank", "GPU peak / rank"), ("device_reserved_bytes_per_rank", "GPU reserved / rank")]
-    memory = [(c, h) for c, h in memory if any(g.stat(c)[0] is not None for g in groups)]
-    lines += _table(id_header + [h for _, h in memory],
-                    [_ids(g, with_variant) + [mean_std(g, c, 1, MiB) for c, _ in memory] for g in groups])
+    lines += _memory_section(groups, id_header, with_variant)
     lines += ["## Epoch time split (s)", "", "Blank where the runs did not record it.", ""]
     split = [("epoch_time_s", "epoch"), ("data_wait_s", "data wait"), ("compute_s", "forward+backward"),
              ("allreduce_s", "gradient all-reduce"), ("eval_s", "evaluation"), ("data_wait_fraction", "data wait share")]
@@ -103,21 +94,41 @@ def write_markdown(groups: list[Group], rows: list[dict[str, Any]], baselines: d
         body = [[dataset, name] + [_metric(metrics, h, m) for h in HORIZONS for m in ("mae", "rmse", "mape")]
                 for dataset, by_name in baselines.items() for name, metrics in by_name.items()]
         lines += _table(["dataset", "baseline"] + [f"{m} @{h}" for h in HORIZONS for m in ("MAE", "RMSE", "MAPE")], body)
-    unfinished = [r for r in rows if r["status"] != DONE]
-    if unfinished:
-        lines += ["## Runs without results", "",
-                  "*running*: config.yaml but neither results.json nor failed.json (still running, or died "
-                  "without a record); *pending*: a sweep point not started: no directory yet, its job not submitted, "
-                  "or queued (its job has no log yet).", ""]
-        lines += _table(["status", "dataset", "model", "batching", "GPUs", "seed", "job", "run directory", "error"],
-                        [[r["status"], *(str(r[k] if r[k] is not None else "") for k in
-                                         ("dataset", "model", "batching", "gpus", "seed", "job_id")),
-                          f"`{r['run_dir']}`", _one_line(r["error"])] for r in unfinished])
+    lines += _unfinished_section(rows)
     lines += ["## Plots", ""]
     for name, why_not in plots.items():
         title = name.removesuffix(".png").replace("_", " ")
         lines += [f"![{title}]({name})" if why_not is None else f"*{title}*: not drawn, {why_not}.", ""]
     path.write_text("\n".join(lines))
+
+
+def _memory_section(groups: list[Group], id_header: list[str], with_variant: bool) -> list[str]:
+    """The memory table: data, series and peaks, host and GPU, per rank and per node (columns with numbers)."""
+    lines = ["## Memory (MiB)", "", "Data: the series or materialized windows held; per node counts node-shared "
+             "pages once. Peak: resident set size; GPU peak: the caching allocator's (max_memory_allocated), beside "
+             "what it reserved.", ""]
+    memory = [("data_bytes_per_rank", "data / rank"), ("data_bytes_per_node", "data / node"),
+              ("series_bytes_per_rank", "series / rank"), ("series_bytes_per_node", "series / node"),
+              ("peak_rss_bytes_per_rank", "peak / rank"), ("peak_rss_bytes_per_node", "peak / node"),
+              ("device_peak_bytes_per_rank", "GPU peak / rank"), ("device_reserved_bytes_per_rank", "GPU reserved / rank")]
+    memory = [(c, h) for c, h in memory if any(g.stat(c)[0] is not None for g in groups)]
+    return lines + _table(id_header + [h for _, h in memory],
+                          [_ids(g, with_variant) + [mean_std(g, c, 1, MiB) for c, _ in memory] for g in groups])
+
+
+def _unfinished_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Failed, running and pending runs, with why where known."""
+    unfinished = [r for r in rows if r["status"] != DONE]
+    if not unfinished:
+        return []
+    lines = ["## Runs without results", "",
+             "*running*: config.yaml but neither results.json nor failed.json (still running, or died "
+             "without a record); *pending*: a sweep point not started: no directory yet, its job not submitted, "
+             "or queued (its job has no log yet).", ""]
+    return lines + _table(["status", "dataset", "model", "batching", "GPUs", "seed", "job", "run directory", "error"],
+                          [[r["status"], *(str(r[k] if r[k] is not None else "") for k in
+                                           ("dataset", "model", "batching", "gpus", "seed", "job_id")),
+                            f"`{r['run_dir']}`", _one_line(r["error"])] for r in unfinished])
 
 
 def _metric(metrics: dict[str, Any], horizon: str, name: str) -> str:

@@ -86,33 +86,8 @@ class BatchFeed:
     def _prefetched(self, split: str, positions: Sequence[torch.Tensor]) -> Iterator[Batch]:
         ready: queue.Queue = queue.Queue(maxsize=self.depth)
         stop = threading.Event()
-
-        def produce() -> None:
-            try:
-                if self.device.type == "cuda":
-                    torch.cuda.set_device(self.device)  # this thread's CUDA calls go to the rank's GPU
-                for pos in positions:
-                    slot = self._next_free(stop)
-                    if slot is None:
-                        return
-                    done = self.copy_done[slot]
-                    if done is not None:  # the last copy out of this slot (this call's or an earlier one's)
-                        done.synchronize()
-                        self.copy_done[slot] = None
-                    parts = self.source.gather(split, pos, out=self.ring.slots[slot])
-                    event = None
-                    if self.stream is not None:
-                        with torch.cuda.stream(self.stream):
-                            parts = tuple(p.to(self.device, non_blocking=True) for p in parts)
-                            event = torch.cuda.Event()
-                            event.record(self.stream)
-                        self.copy_done[slot] = event
-                    ready.put((slot, parts, event))
-                ready.put(_DONE)
-            except BaseException as err:  # handed to the consumer, raised there
-                ready.put(err)
-
-        thread = threading.Thread(target=produce, name="stgnn-batch-feed", daemon=True)
+        thread = threading.Thread(target=self._produce, args=(split, positions, ready, stop),
+                                  name="stgnn-batch-feed", daemon=True)
         thread.start()
         held: int | None = None  # the slot whose batch the consumer is using
         try:
@@ -141,17 +116,49 @@ class BatchFeed:
             stop.set()
             if held is not None:
                 self.ring.free.put(held)
-            while thread.is_alive():  # unblock a producer waiting to put, then let it end
-                try:
-                    item = ready.get(timeout=0.05)
-                    if isinstance(item, tuple):
-                        self.ring.free.put(item[0])
-                except queue.Empty:
-                    pass
-            while not ready.empty():  # slots of batches produced but never consumed go back
-                item = ready.get_nowait()
+            self._drain(thread, ready)
+
+    def _produce(self, split: str, positions: Sequence[torch.Tensor], ready: queue.Queue,
+                 stop: threading.Event) -> None:
+        """The thread: each batch gathered into a free slot (and copied to the GPU on the side stream)."""
+        try:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # this thread's CUDA calls go to the rank's GPU
+            for pos in positions:
+                slot = self._next_free(stop)
+                if slot is None:
+                    return
+                done = self.copy_done[slot]
+                if done is not None:  # the last copy out of this slot (this call's or an earlier one's)
+                    done.synchronize()
+                    self.copy_done[slot] = None
+                parts = self.source.gather(split, pos, out=self.ring.slots[slot])
+                event = None
+                if self.stream is not None:
+                    with torch.cuda.stream(self.stream):
+                        parts = tuple(p.to(self.device, non_blocking=True) for p in parts)
+                        event = torch.cuda.Event()
+                        event.record(self.stream)
+                    self.copy_done[slot] = event
+                ready.put((slot, parts, event))
+            ready.put(_DONE)
+        except BaseException as err:  # handed to the consumer, raised there
+            ready.put(err)
+
+    def _drain(self, thread: threading.Thread, ready: queue.Queue) -> None:
+        """After the consumer stops: unblock a producer waiting to put, let it end, and return the slots of
+        batches produced but never consumed."""
+        while thread.is_alive():
+            try:
+                item = ready.get(timeout=0.05)
                 if isinstance(item, tuple):
                     self.ring.free.put(item[0])
+            except queue.Empty:
+                pass
+        while not ready.empty():
+            item = ready.get_nowait()
+            if isinstance(item, tuple):
+                self.ring.free.put(item[0])
 
     def _next_free(self, stop: threading.Event) -> int | None:
         while not stop.is_set():
