@@ -35,3 +35,48 @@ def load(path: Path) -> dict[str, Any]:
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
+
+
+def cpu_copy(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of a state dict on the host, kept while training goes on (the best epoch's weights)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+
+
+def save_pair(state: dict[str, Any], ckpt_dir: Path, improved: bool) -> None:
+    """last.pt, then best.pt when the epoch improved. last.pt carries the best epoch's weights itself
+    (`best_model`), so it is the one record of which epoch is best: a kill between the two renames leaves
+    a best.pt that `best_weights` and `reconcile_best` recognise as stale by its epoch and replace."""
+    save_atomic(state, ckpt_dir / LAST)
+    if improved:
+        save_atomic({"epoch": state["best_epoch"], "model": state["best_model"]}, ckpt_dir / BEST)
+
+
+def reconcile_best(ckpt_dir: Path, state: dict[str, Any]) -> bool:
+    """Make best.pt the epoch last.pt names (after a kill between the renames); True if it was rewritten.
+    A checkpoint from before `best_model` existed cannot repair it: that is refused in one line."""
+    best = ckpt_dir / BEST
+    claimed = state.get("best_epoch", 0)
+    if claimed == 0:  # no finished epoch has improved yet: no best.pt is expected
+        return False
+    found = load(best).get("epoch") if best.is_file() else None
+    if found == claimed:
+        return False
+    if state.get("best_model") is None:
+        raise UserError(f"checkpoint {best}: expected the best epoch {claimed} that {ckpt_dir / LAST} names, found "
+                        f"{'no file' if found is None else f'epoch {found}'}; the run cannot be resumed safely")
+    save_atomic({"epoch": claimed, "model": state["best_model"]}, best)
+    return True
+
+
+def best_weights(ckpt_dir: Path) -> tuple[int | None, dict[str, torch.Tensor]]:
+    """The best epoch's weights as last.pt names them (stgnn-eval of a finished or killed run)."""
+    last = ckpt_dir / LAST
+    state = load(last) if last.is_file() else {}
+    if state.get("best_model") is not None and state.get("best_epoch"):
+        return state["best_epoch"], state["best_model"]
+    best = load(ckpt_dir / BEST)
+    claimed = state.get("best_epoch")
+    if claimed and best.get("epoch") not in (None, claimed):
+        raise UserError(f"checkpoint {ckpt_dir / BEST}: expected the best epoch {claimed} that {last} names, "
+                        f"found epoch {best.get('epoch')}")
+    return best.get("epoch"), best["model"]

@@ -131,6 +131,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_val = math.inf
         self.best_epoch = 0
+        self.best_model: dict[str, torch.Tensor] | None = None  # the best epoch's weights, on the host
         self.bad_epochs = 0
         self.start_epoch = 1
         self.in_epoch: dict[str, Any] | None = None  # where a step checkpoint left the current epoch
@@ -275,10 +276,14 @@ class Trainer:
                 self.log.info(f"early stopping: no better validation MAE for {self.bad_epochs} epochs")
 
     def load_best(self, required: bool = False) -> None:
-        """The best epoch's weights (by validation MAE); `required` for evaluating a finished run."""
-        best = self.ckpt_dir / checkpoint.BEST
-        if self.trainable and (required or best.is_file()):
-            self.model.load_state_dict(checkpoint.load(best)["model"])
+        """The best epoch's weights (by validation MAE); `required` for evaluating a finished run. A run that
+        trained holds them itself (from last.pt when resumed); otherwise they are read as last.pt names them."""
+        if not self.trainable:
+            return
+        if self.best_model is not None:
+            self.model.load_state_dict(self.best_model)
+        elif required or (self.ckpt_dir / checkpoint.BEST).is_file():
+            self.model.load_state_dict(checkpoint.best_weights(self.ckpt_dir)[1])
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _rng_states(self) -> list[dict[str, Any]]:
@@ -295,7 +300,7 @@ class Trainer:
         return {
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "best_val": self.best_val, "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "history": self.history, "rng_per_rank": rng, "in_epoch": in_epoch,
+            "best_model": self.best_model, "bad_epochs": self.bad_epochs, "history": self.history, "rng_per_rank": rng, "in_epoch": in_epoch,
             "attempt": self.attempt, "run_wall_time_s": self.run_wall_time_s(),
         }
 
@@ -307,11 +312,10 @@ class Trainer:
     def _save(self, epoch: int, improved: bool, in_epoch: dict[str, Any] | None = None) -> None:
         """`epoch`: the last finished epoch; `in_epoch`: how far the next one got (a step checkpoint)."""
         rng = self._rng_states()
+        if improved:
+            self.best_model = checkpoint.cpu_copy(self.model.state_dict())
         if self.ctx.is_main:
-            state = self._state(epoch, rng, in_epoch)
-            checkpoint.save_atomic(state, self.ckpt_dir / checkpoint.LAST)
-            if improved:
-                checkpoint.save_atomic({"epoch": epoch, "model": state["model"]}, self.ckpt_dir / checkpoint.BEST)
+            checkpoint.save_pair(self._state(epoch, rng, in_epoch), self.ckpt_dir, improved)
         barrier(self.ctx)
 
     def _resume(self) -> None:
@@ -324,6 +328,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
+        self.best_model = state.get("best_model")
+        if self.ctx.is_main and checkpoint.reconcile_best(self.ckpt_dir, state):
+            self.log.info(f"resume: best.pt rewritten as epoch {self.best_epoch}, the best epoch last.pt names")
         self.bad_epochs, self.history = state["bad_epochs"], list(state["history"])
         self.start_epoch = state["epoch"] + 1
         self.in_epoch = state.get("in_epoch")
