@@ -16,6 +16,7 @@ from stgnn_launch.config.preflight import check_model_params
 from stgnn_launch.config.schema import register_configs
 from stgnn_launch.distributed.context import in_torchrun
 from stgnn_launch.errors import UserError
+from stgnn_launch import run_lock
 from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 from stgnn_launch.launch import sweep
 
@@ -39,6 +40,7 @@ def launch(cfg: DictConfig) -> int:
         code = dry_run(config, run_dir)
         discard_if_empty(run_dir)  # a dry run leaves nothing behind
         return code
+    run_lock.hold(run_dir, inheritable=True)  # before anything is written; torchrun inherits it at its exec
     save_run_config(config, run_dir)
     if config.launcher.name == "slurm":
         from stgnn_launch.launch.slurm import submit
@@ -51,7 +53,10 @@ def launch(cfg: DictConfig) -> int:
         return run_torchrun_locally(config, run_dir, replace_process=HydraConfig.get().mode == RunMode.RUN)
     from stgnn_launch.train.run import run_training
 
-    run_training(config, run_dir)
+    try:
+        run_training(config, run_dir)
+    finally:
+        run_lock.release(run_dir)  # a local sweep runs its points one after another in this process
     return 0
 
 
@@ -69,7 +74,8 @@ def _app(cfg: DictConfig) -> None:
         code = launch(cfg)
     except UserError as err:
         print(f"stgnn-train: error: {err}", file=sys.stderr)
-        discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
+        if not isinstance(err, run_lock.RunDirBusy):  # that directory is another live run's
+            discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
         sweep.abandon()  # a bad point refuses the whole sweep
         sys.exit(getattr(err, "exit_code", 2))  # 3: does not fit the node's memory (as stgnn-plan)
     except Preempted as stop:

@@ -25,6 +25,7 @@ from stgnn_launch.data.graph import SparseGraph
 from stgnn_launch.data.series import Series
 from stgnn_launch.data.summary import format_step
 from stgnn_launch.distributed.context import DistContext, RankEnv, init_distributed, shutdown
+from stgnn_launch import run_lock
 from stgnn_launch.errors import UserError
 from stgnn_launch.models.checkpointing import enable_activation_checkpointing
 from stgnn_launch.models.registry import ModelSpec, build_model, model_class
@@ -178,6 +179,7 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
     plan, env = plan_for(cfg)
     _configure_device(cfg, plan)
     ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s)
+    locked_here = ctx.is_main and run_lock.hold(run_dir)  # refused before anything is written (a Slurm job)
     log = RunLog(run_dir, ctx.is_main, cfg.trainer.tensorboard, cfg.trainer.log_every_s)
     try:
         pipe = build_pipeline(cfg, plan, ctx)
@@ -222,6 +224,8 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
     finally:
         log.close()
         shutdown(ctx, together=False)  # no-op after the normal end
+        if locked_here:
+            run_lock.release(run_dir)
 
 
 def make_record(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, trainer: Trainer, val_sums: MetricSums,
