@@ -14,6 +14,7 @@ from pathlib import Path
 
 from stgnn_launch.config.load import load_run_config
 from stgnn_launch.errors import UserError
+from stgnn_launch.lifeline import die_with_parent
 from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 
 
@@ -25,11 +26,13 @@ def _interrupted(signum: int, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    launcher = os.getppid()
     parser = argparse.ArgumentParser(prog="python -m stgnn_launch.train.worker")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--eval", metavar="SPLIT", choices=["train", "val", "test"],
                         help="evaluate the run's best checkpoint instead of training")
     args = parser.parse_args(argv)
+    die_with_parent(parent=launcher)  # torchrun killed (SIGKILL included): no rank trains on as an orphan
     # Until training installs its handler, the preemption signal must not kill a rank that is loading data.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGINT, _interrupted)
