@@ -26,6 +26,8 @@ _held: dict[str, int] = {}  # resolved run directory -> descriptor, for this pro
 class RunDirBusy(UserError):
     """Another live process holds the run directory: nothing of ours may be written (or removed) there."""
 
+    keep_run_dir = True
+
 
 def _key(run_dir: Path) -> str:
     return str(Path(run_dir).resolve())

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from stgnn_launch.config.load import save_run_config, to_config
 from stgnn_launch.config.preflight import check_model_params
+from stgnn_launch.config.resume import check_resume
 from stgnn_launch.config.schema import register_configs
 from stgnn_launch.distributed.context import in_torchrun
 from stgnn_launch.errors import UserError
@@ -41,6 +42,7 @@ def launch(cfg: DictConfig) -> int:
         discard_if_empty(run_dir)  # a dry run leaves nothing behind
         return code
     run_lock.hold(run_dir, inheritable=True)  # before anything is written; torchrun inherits it at its exec
+    check_resume(config, run_dir)  # a resume that would invalidate the checkpoint: refused, nothing written
     save_run_config(config, run_dir)
     if config.launcher.name == "slurm":
         from stgnn_launch.launch.slurm import submit
@@ -74,7 +76,7 @@ def _app(cfg: DictConfig) -> None:
         code = launch(cfg)
     except UserError as err:
         print(f"stgnn-train: error: {err}", file=sys.stderr)
-        if not isinstance(err, run_lock.RunDirBusy):  # that directory is another live run's
+        if not getattr(err, "keep_run_dir", False):  # another live run's directory, or a run's to resume
             discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
         sweep.abandon()  # a bad point refuses the whole sweep
         sys.exit(getattr(err, "exit_code", 2))  # 3: does not fit the node's memory (as stgnn-plan)

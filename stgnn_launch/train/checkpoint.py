@@ -80,3 +80,12 @@ def best_weights(ckpt_dir: Path) -> tuple[int | None, dict[str, torch.Tensor]]:
         raise UserError(f"checkpoint {ckpt_dir / BEST}: expected the best epoch {claimed} that {last} names, "
                         f"found epoch {best.get('epoch')}")
     return best.get("epoch"), best["model"]
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """load_state_dict, with a checkpoint of another model shape said in one line instead of torch's list."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UserError(f"checkpoint {path}: expected weights of this model's shape, found others ({first})") from None

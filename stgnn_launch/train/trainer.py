@@ -324,7 +324,7 @@ class Trainer:
             self.log.info(f"resume: no checkpoint in {self.ckpt_dir} yet, starting from epoch 1")
             return
         state = checkpoint.load(path)
-        self.model.load_state_dict(state["model"])
+        checkpoint.load_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
