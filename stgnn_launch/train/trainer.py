@@ -27,6 +27,7 @@ from tqdm import tqdm
 from stgnn_launch.config.schema import Config
 from stgnn_launch.data.batching import Batcher, BatchFeed, WindowSource, eval_positions
 from stgnn_launch.data.prepare import Prepared
+from stgnn_launch.errors import UserError
 from stgnn_launch.distributed.context import DistContext, all_reduce_sum, barrier, vote_any
 from stgnn_launch.plan import Plan
 from stgnn_launch.train import checkpoint
@@ -260,6 +261,7 @@ class Trainer:
             if self.bad_epochs >= self.trainer_cfg.patience:
                 break
             stats = self.train_epoch(epoch)
+            check_finite_loss(stats, self.plan.lr)  # before its checkpoint: earlier ones stay as they were
             improved = stats.val_mae < self.best_val
             if improved:
                 self.best_val, self.best_epoch, self.bad_epochs = stats.val_mae, epoch, 0
@@ -352,6 +354,17 @@ class Trainer:
         where = (f"epoch {self.in_epoch['epoch']} step {self.in_epoch['step']}" if self.in_epoch
                  else f"the end of epoch {state['epoch']}")
         self.log.info(f"resumed from {path} at {where}")
+
+
+class TrainingDiverged(UserError):
+    """The training loss is NaN or infinite: more epochs cannot recover, so the run stops at once."""
+
+
+def check_finite_loss(stats: EpochStats, lr: float) -> None:
+    if not math.isfinite(stats.train_loss):
+        raise TrainingDiverged(f"trainer: expected a finite training loss, found {stats.train_loss} in epoch "
+                               f"{stats.epoch} (lr {lr:g}): lower trainer.lr, or check the data's range and the "
+                               "graph's weights")
 
 
 def fit_baseline(model: nn.Module, prepared: Prepared, device: torch.device) -> None:
