@@ -63,8 +63,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     checkpoint.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
 
     def broken_save(obj, f, *args, **kwargs):
-        with open(f, "wb") as handle:
-            handle.write(b"half a checkpoint")
+        f.write(b"half a checkpoint")  # save_atomic hands torch.save its own open file
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)

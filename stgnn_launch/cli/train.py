@@ -16,7 +16,7 @@ from stgnn_launch.config.preflight import check_model_params
 from stgnn_launch.config.resume import check_resume
 from stgnn_launch.config.schema import register_configs
 from stgnn_launch.distributed.context import in_torchrun
-from stgnn_launch.errors import UserError
+from stgnn_launch.errors import UserError, disk_full, is_disk_full
 from stgnn_launch import run_lock
 from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 from stgnn_launch.launch import sweep
@@ -83,6 +83,11 @@ def _app(cfg: DictConfig) -> None:
     except Preempted as stop:
         print(f"stgnn-train: {stop}; continue it with trainer.resume=true", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT)
+    except OSError as err:  # a full disk where no writer said so itself: still one line (failed.json is written)
+        if not is_disk_full(err):
+            raise
+        print(f"stgnn-train: error: {disk_full(err.filename or 'a file', None, err)}", file=sys.stderr)
+        sys.exit(2)
     if code:
         sys.exit(code)
 

@@ -10,18 +10,42 @@ import torch
 
 from stgnn_launch.atomic_write import replacing
 
-from stgnn_launch.errors import UserError
+from stgnn_launch.errors import UserError, disk_full, free_bytes, is_disk_full
 
 LAST = "last.pt"
 BEST = "best.pt"
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """Never leaves a half-written checkpoint under `path`: a crash keeps the previous one."""
-    with replacing(path) as tmp:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as handle:
+    """Never leaves a half-written checkpoint under `path`: a crash keeps the previous one. A full disk is
+    one line naming the file and the space it needs (the temporary file removed first)."""
+    error: BaseException | None = None
+    try:
+        with replacing(path) as tmp, open(tmp, "wb") as handle:  # ours to close: torch's own writer, on a
+            torch.save(state, handle)  # failed write, stays open and keeps the unlinked file's space
+            handle.flush()
             os.fsync(handle.fileno())  # on disk before the rename: a node crash keeps the old checkpoint
+    except (OSError, RuntimeError) as err:  # torch.save reports a short write as "unexpected pos" (no errno)
+        error = err
+    if error is None:
+        return
+    errno_full = is_disk_full(error)
+    needed = tensor_bytes(state)
+    free = free_bytes(path.parent)
+    if errno_full or (free is not None and free < needed + 2**20):
+        raise disk_full(path, needed, error if isinstance(error, OSError) else None)
+    raise error
+
+
+def tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor in a (nested) state: what a checkpoint of it needs on disk, roughly."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 def load(path: Path) -> dict[str, Any]:

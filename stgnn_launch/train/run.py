@@ -6,6 +6,7 @@ The plan (stgnn_launch/plan.py) is decided once, here, and every step below only
 from __future__ import annotations
 
 import socket
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -33,7 +34,7 @@ from stgnn_launch.memory import SIDE_BASELINE_READINGS
 from stgnn_launch.plan import Machine, Plan, apply_threads, make_plan
 from stgnn_launch.train.metrics import MetricSums
 from stgnn_launch.train.preemption import Preempted
-from stgnn_launch.train.record import FAILED, RESULTS, git_sha, peak_rss_bytes, write_json_atomic
+from stgnn_launch.train.record import FAILED, RESULTS, clear_outcome, git_sha, peak_rss_bytes, write_json_atomic
 from stgnn_launch.train.runlog import RunLog, startup_block
 from stgnn_launch.train.trainer import Trainer, fit_baseline, seed_everything
 
@@ -180,6 +181,8 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
     _configure_device(cfg, plan)
     ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s)
     locked_here = ctx.is_main and run_lock.hold(run_dir)  # refused before anything is written (a Slurm job)
+    if ctx.is_main:
+        clear_outcome(run_dir)
     log = RunLog(run_dir, ctx.is_main, cfg.trainer.tensorboard, cfg.trainer.log_every_s)
     try:
         pipe = build_pipeline(cfg, plan, ctx)
@@ -218,14 +221,27 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
         return record
     except BaseException as err:
         if ctx.is_main and not isinstance(err, (SystemExit, Preempted)):
-            write_json_atomic({"error": str(err) or type(err).__name__, "type": type(err).__name__,
-                               "traceback": traceback.format_exc(), "time": time.time()}, run_dir / FAILED)
+            write_failed(run_dir, err)
         raise
     finally:
         log.close()
         shutdown(ctx, together=False)  # no-op after the normal end
         if locked_here:
             run_lock.release(run_dir)
+
+
+def write_failed(run_dir: Path, err: BaseException) -> None:
+    """failed.json with the error; on a disk too full even for that, the error alone (no traceback), and
+    if that fails too, one line on stderr: the run's own error is what the user must see."""
+    record = {"error": str(err) or type(err).__name__, "type": type(err).__name__,
+              "traceback": traceback.format_exc(), "time": time.time()}
+    for attempt in (record, {k: v for k, v in record.items() if k != "traceback"}):
+        try:
+            write_json_atomic(attempt, run_dir / FAILED)
+            return
+        except OSError as write_err:
+            reason = write_err.strerror or str(write_err)
+    print(f"stgnn-train: warning: could not write {run_dir / FAILED} ({reason})", file=sys.stderr, flush=True)
 
 
 def make_record(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, trainer: Trainer, val_sums: MetricSums,

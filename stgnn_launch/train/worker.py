@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from stgnn_launch.config.load import load_run_config
-from stgnn_launch.errors import UserError
+from stgnn_launch.errors import UserError, disk_full, is_disk_full
 from stgnn_launch.lifeline import die_with_parent
 from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 
@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         run_training(cfg, args.run_dir)
     except UserError as err:
         print(f"stgnn-train: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        print(f"stgnn-train: error: {disk_full(err.filename or 'a file', None, err)}", file=sys.stderr)
         return 2
     except Preempted as stop:  # a step checkpoint is written; torchrun restarts or Slurm requeues resume it
         print(f"stgnn-train: {stop}; resume continues from the step checkpoint", file=sys.stderr)
