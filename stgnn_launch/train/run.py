@@ -167,9 +167,22 @@ def startup_facts(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, run
         "data bytes": f"{pipe.source.data_bytes / 2**20:.1f} MiB per rank",
         "run dir": str(run_dir),
     }
+    cached = converted_cache(cfg)
+    if cached:
+        facts["cache"] = cached
     for i, note in enumerate(plan.notes):
         facts[f"note {i + 1}"] = note
     return facts
+
+
+def converted_cache(cfg: Config) -> str | None:
+    """Which cache entry a CSV/NPY/NPZ dataset was read from, and whether it was converted by this run."""
+    from stgnn_launch.data.readers import CACHE_USED
+
+    if not cfg.dataset.path:
+        return None
+    used = CACHE_USED.get(str(Path(cfg.dataset.path).expanduser().resolve()))
+    return f"{used[0]} ({used[1]}, keyed by the file's content)" if used else None
 
 
 def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
