@@ -47,6 +47,9 @@ class Series:
         self.sensor_ids = [str(s) for s in self.sensor_ids]
         if len(self.sensor_ids) != n:
             raise UserError(f"series sensor ids: expected {n} (one per column), found {len(self.sensor_ids)}")
+        if len(set(self.sensor_ids)) != n:
+            repeated = next(s for i, s in enumerate(self.sensor_ids) if s in self.sensor_ids[:i])
+            raise UserError(f"series sensor ids: expected {n} distinct ids, found {repeated!r} more than once")
         if not self.feature_names:
             self.feature_names = ["value"] + [f"value_{i}" for i in range(1, f)]
         if len(self.feature_names) != f:

@@ -53,8 +53,11 @@ def load(path: Path) -> dict[str, Any]:
         raise UserError(f"checkpoint: expected a file at {path}, found none")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which one
-        raise UserError(f"checkpoint {path}: expected a stgnn-launch checkpoint, could not read it ({err})") from err
+    except Exception as err:  # a truncated, foreign or unsafe file: say which, in one line
+        unsafe = "weights_only" in str(err) or "Unsupported global" in str(err)
+        why = ("it holds objects other than tensors and plain data, which loading would run; it is not loaded"
+               if unsafe else (str(err).strip().splitlines() or [type(err).__name__])[0])
+        raise UserError(f"checkpoint {path}: expected a stgnn-launch checkpoint, could not read it ({why})") from None
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
