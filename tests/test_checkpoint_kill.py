@@ -32,7 +32,8 @@ KILLED_RUN = textwrap.dedent("""
 
     real_save, real_replace = torch.save, os.replace
     def save(obj, f, *a, **k):
-        if str(f).endswith(".tmp") and ".pt." in str(f):
+        name = str(getattr(f, "name", f))  # a path, or the open file save_atomic hands it
+        if name.endswith(".tmp") and ".pt." in name:
             step("save")
         return real_save(obj, f, *a, **k)
     def replace(src, dst, *a, **k):
@@ -78,6 +79,7 @@ def test_a_kill_at_each_step_of_a_checkpoint_write_then_resume_tests_the_right_e
     assert resumed["val"] == straight["val"]
     best = checkpoint.load(run_dir / "checkpoints" / "best.pt")
     assert best["epoch"] == checkpoint.load(run_dir / "checkpoints" / "last.pt")["best_epoch"] == 2
+    assert not list(run_dir.rglob("*.tmp"))  # the killed write's temporary file is gone
 
 
 def test_evaluation_reads_the_best_epoch_last_pt_names_and_refuses_a_stale_best_pt(tmp_path):

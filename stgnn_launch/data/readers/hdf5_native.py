@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import torch
 
-from stgnn_launch.atomic_write import temp_path_beside
+from stgnn_launch.atomic_write import remove_dead_temporaries, temp_path_beside
 from stgnn_launch.data.graph import SparseGraph, as_sparse_graph
 from stgnn_launch.data.series import Series
 from stgnn_launch.errors import UserError, disk_full, free_bytes, is_disk_full
@@ -50,6 +50,7 @@ class NativeWriter:
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temporaries(self.path.parent)  # a killed conversion's or generation's leftovers
         self._tmp = temp_path_beside(self.path)
         n, f = len(sensor_ids), len(feature_names)
         # HDF5 fails late on a full disk (at close, in C, where it can even crash the interpreter): check first
