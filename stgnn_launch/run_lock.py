@@ -58,8 +58,9 @@ def hold(run_dir: Path, inheritable: bool = False) -> bool:
 
 
 def child_env(run_dir: Path) -> dict[str, str]:
-    """The variable that tells child processes (torchrun's ranks) that their launcher holds the lock."""
-    return {HELD_ENV: _key(run_dir)}
+    """The variable that tells child processes (torchrun's ranks) that their launcher holds the lock (none
+    when it does not: the ranks then take it themselves)."""
+    return {HELD_ENV: _key(run_dir)} if _key(run_dir) in _held else {}
 
 
 def release(run_dir: Path) -> None:

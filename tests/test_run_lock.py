@@ -71,5 +71,6 @@ def test_the_lock_is_the_processes_not_the_files(tmp_path):
                               env={**env, **run_lock.child_env(tmp_path)})
     assert launched.returncode == 0  # a rank of the holder's own torchrun
     run_lock.release(tmp_path)
+    assert run_lock.child_env(tmp_path) == {}  # not held here: a launcher's ranks must take it themselves
     free = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env)
     assert free.returncode == 0, free.stdout

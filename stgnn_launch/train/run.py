@@ -336,6 +336,7 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
     plan, env = plan_for(cfg)
     _configure_device(cfg, plan)
     ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s)
+    locked_here = ctx.is_main and run_lock.hold(run_dir)  # it writes there too, and maps the run's segment
     log = RunLog(run_dir, ctx.is_main)
     try:
         pipe = build_pipeline(cfg, plan, ctx)
@@ -362,6 +363,8 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
     finally:
         log.close()
         shutdown(ctx, together=False)  # no-op after the normal end
+        if locked_here:
+            run_lock.release(run_dir)
 
 
 def format_test(test: dict[str, dict[str, float]], baselines: dict[str, dict[str, dict[str, float]]] | None = None,
