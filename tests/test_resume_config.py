@@ -44,3 +44,25 @@ def test_a_resume_that_changes_the_model_or_data_is_refused_before_anything_is_w
     assert proc.returncode == 0, proc.stderr
     assert "resumed from" in proc.stdout
     assert [r["epoch"] for r in read_csv(run_dir / "metrics.csv")] == ["1", "2"]
+
+
+def test_a_failed_resume_leaves_failed_json_and_not_the_last_attempts_results(tmp_path):
+    import pytest
+
+    from stgnn_launch.errors import UserError
+    from stgnn_launch.report.collect import FAILED, read_run
+    from stgnn_launch.config.load import save_run_config
+    from stgnn_launch.train.run import run_training
+
+    run_dir = tmp_path / "run"
+    cfg = compose_config(*TINY, "trainer.max_epochs=1", "trainer.max_batches_per_epoch=2")
+    cfg.run_dir = str(run_dir)
+    save_run_config(cfg, run_dir)
+    run_training(cfg, run_dir)
+    assert (run_dir / "results.json").is_file()
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")  # the resume will fail
+    cfg.trainer.resume, cfg.trainer.max_epochs = True, 2
+    with pytest.raises(UserError, match="could not read it"):
+        run_training(cfg, run_dir)
+    assert (run_dir / "failed.json").is_file() and not (run_dir / "results.json").exists()
+    assert read_run(run_dir).status == FAILED
