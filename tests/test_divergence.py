@@ -61,3 +61,13 @@ def test_a_nan_training_loss_stops_the_run_after_one_epoch_with_failed_json(tmp_
     assert json.loads((run_dir / "failed.json").read_text())["type"] == "TrainingDiverged"
     assert not (run_dir / "results.json").exists()
     assert not (run_dir / "checkpoints" / "last.pt").exists()  # no NaN weights saved as a checkpoint
+
+
+def test_a_sensor_without_edges_is_warned_about():
+    from stgnn_launch.data.prepare.checks import graph_warnings
+
+    adjacency = np.eye(4, dtype=np.float32) + np.roll(np.eye(4, dtype=np.float32), 1, axis=1)
+    assert graph_warnings(SparseGraph.from_dense(adjacency), ["a", "b", "c", "d"]) == []
+    adjacency[1, 2] = adjacency[0, 1] = 0.0  # b keeps only its self-loop
+    (warning,) = graph_warnings(SparseGraph.from_dense(adjacency), ["a", "b", "c", "d"])
+    assert warning.startswith("1 sensors have no edge to or from another sensor in the graph (b)")

@@ -21,7 +21,7 @@ from stgnn_launch.config.schema import Config
 from stgnn_launch.data.batching import Batcher, WindowSource, build_source
 from stgnn_launch.data.datasets import dataset_shape, load_dataset
 from stgnn_launch.data.prepare import Prepared, fill_missing, input_ranges, prepare, scaler_from_sums
-from stgnn_launch.data.prepare.checks import sensor_warnings
+from stgnn_launch.data.prepare.checks import graph_warnings, sensor_warnings
 from stgnn_launch.data.graph import SparseGraph
 from stgnn_launch.data.series import Series
 from stgnn_launch.data.summary import format_step
@@ -110,7 +110,8 @@ def build_pipeline(cfg: Config, plan: Plan, ctx: DistContext) -> Pipeline:
              "filled_readings": filled, "series_bytes": series.nbytes,
              "warnings": sensor_warnings(prepared.values, series.sensor_ids, series.feature_names,
                                          input_ranges(prepared.starts["train"], prepared.window),
-                                         prepared.null_value) if ctx.is_main else [],
+                                         prepared.null_value)
+                         + graph_warnings(series.graph, series.sensor_ids) if ctx.is_main else [],
              "windows": {split: len(starts) for split, starts in prepared.starts.items()}}
     graph = series.graph
     del series

@@ -124,3 +124,20 @@ def _names(flags: torch.Tensor, sensor_ids: list[str], feature_names: list[str])
 def _listing(names: list[str]) -> str:
     shown = ", ".join(names[:_SHOWN])
     return shown if len(names) <= _SHOWN else f"{shown} and {len(names) - _SHOWN} more"
+
+
+def graph_warnings(graph, sensor_ids: list[str]) -> list[str]:
+    """Sensors with no edge to or from another sensor: their rows of a random walk D^-1 A are zero (DCRNN's
+    convention) and T-GCN's A + I leaves them their own signal only, so the graph tells the model nothing
+    about them."""
+    if graph is None or graph.num_nodes == 0:
+        return []
+    linked = torch.zeros(graph.num_nodes, dtype=torch.bool)
+    others = (graph.rows != graph.cols) & (graph.weights != 0)
+    linked[torch.from_numpy(graph.rows[others])] = True
+    linked[torch.from_numpy(graph.cols[others])] = True
+    alone = [sensor_ids[i] for i in (~linked).nonzero().flatten().tolist()]
+    if not alone:
+        return []
+    return [f"{len(alone)} sensors have no edge to or from another sensor in the graph ({_listing(alone)}): the "
+            "graph convolutions see only their own readings"]
