@@ -37,6 +37,7 @@ def test_a_second_run_into_a_held_directory_is_refused_and_a_killed_holder_relea
         while not (run_dir / "config.yaml").is_file():
             time.sleep(0.1)
         config_before = (run_dir / "config.yaml").read_text()
+        hydra_before = (run_dir / ".hydra" / "overrides.yaml").read_text()
         second = subprocess.run(train_cmd(run_dir, "trainer.max_epochs=1", "trainer.lr=0.5"),
                                 capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
         assert second.returncode == 2
@@ -45,6 +46,7 @@ def test_a_second_run_into_a_held_directory_is_refused_and_a_killed_holder_relea
         assert str(run_dir) in lines[0] and "Traceback" not in second.stderr
         assert first.poll() is None  # the holder goes on, its directory and config untouched
         assert (run_dir / "config.yaml").read_text() == config_before
+        assert (run_dir / ".hydra" / "overrides.yaml").read_text() == hydra_before  # Hydra's files too
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()

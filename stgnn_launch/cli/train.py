@@ -65,9 +65,10 @@ def launch(cfg: DictConfig) -> int:
 def discard_if_empty(run_dir: Path) -> None:
     """A run refused before it started leaves no directory behind (Hydra creates it up front; config.yaml
     is written before a Slurm submission, which sbatch or the pre-submission checks may still refuse)."""
-    hydra_only = {".hydra", f"{HydraConfig.get().job.name}.log", "config.yaml"}
+    hydra_only = {".hydra", f"{HydraConfig.get().job.name}.log", "config.yaml", run_lock.LOCK_FILE}
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_only:
         shutil.rmtree(run_dir, ignore_errors=True)
+        run_lock.release(run_dir)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
