@@ -63,8 +63,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     checkpoint.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
 
     def broken_save(obj, f, *args, **kwargs):
-        with open(f, "wb") as handle:
-            handle.write(b"half a checkpoint")
+        f.write(b"half a checkpoint")  # save_atomic hands torch.save its own open file
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
@@ -82,8 +81,10 @@ class Payload:
 def test_checkpoints_load_weights_only(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"model": Payload()}, path, pickle_module=pickle)
-    with pytest.raises(UserError, match="could not read it"):
+    with pytest.raises(UserError, match="could not read it") as refused:
         checkpoint.load(path)
     assert "this must never run" not in capsys.readouterr().out
+    # one line, and no advice to load it unsafely (torch's own text suggests weights_only=False)
+    assert "\n" not in str(refused.value) and "weights_only=False" not in str(refused.value)
     with pytest.raises(UserError, match="expected a file"):
         checkpoint.load(tmp_path / "missing.pt")

@@ -13,9 +13,11 @@ from omegaconf import DictConfig
 
 from stgnn_launch.config.load import save_run_config, to_config
 from stgnn_launch.models.params import check_model_params
+from stgnn_launch.config.resume import check_resume
 from stgnn_launch.config.schema import register_configs
 from stgnn_launch.distributed.context import in_torchrun
-from stgnn_launch.errors import UserError
+from stgnn_launch.errors import UserError, disk_full, is_disk_full
+from stgnn_launch import run_lock
 from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 from stgnn_launch.launch import sweep
 
@@ -40,6 +42,8 @@ def launch(cfg: DictConfig) -> int:
         code = dry_run(config, run_dir)
         discard_if_empty(run_dir)  # a dry run leaves nothing behind
         return code
+    run_lock.hold(run_dir, inheritable=True)  # before anything is written; torchrun inherits it at its exec
+    check_resume(config, run_dir)  # a resume that would invalidate the checkpoint: refused, nothing written
     save_run_config(config, run_dir)
     if config.launcher.name == "slurm":
         from stgnn_launch.launch.slurm import submit
@@ -52,16 +56,20 @@ def launch(cfg: DictConfig) -> int:
         return run_torchrun_locally(config, run_dir, replace_process=HydraConfig.get().mode == RunMode.RUN)
     from stgnn_launch.train.run import run_training
 
-    run_training(config, run_dir)
+    try:
+        run_training(config, run_dir)
+    finally:
+        run_lock.release(run_dir)  # a local sweep runs its points one after another in this process
     return 0
 
 
 def discard_if_empty(run_dir: Path) -> None:
     """A run refused before it started leaves no directory behind (Hydra creates it up front; config.yaml
     is written before a Slurm submission, which sbatch or the pre-submission checks may still refuse)."""
-    hydra_only = {".hydra", f"{HydraConfig.get().job.name}.log", "config.yaml"}
+    hydra_only = {".hydra", f"{HydraConfig.get().job.name}.log", "config.yaml", run_lock.LOCK_FILE}
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_only:
         shutil.rmtree(run_dir, ignore_errors=True)
+        run_lock.release(run_dir)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -70,12 +78,18 @@ def _app(cfg: DictConfig) -> None:
         code = launch(cfg)
     except UserError as err:
         print(f"stgnn-train: error: {err}", file=sys.stderr)
-        discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
+        if not getattr(err, "keep_run_dir", False):  # another live run's directory, or a run's to resume
+            discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
         sweep.abandon()  # a bad point refuses the whole sweep
         sys.exit(getattr(err, "exit_code", 2))  # 3: does not fit the node's memory (as stgnn-plan)
     except Preempted as stop:
         print(f"stgnn-train: {stop}; continue it with trainer.resume=true", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT)
+    except OSError as err:  # a full disk where no writer said so itself: still one line (failed.json is written)
+        if not is_disk_full(err):
+            raise
+        print(f"stgnn-train: error: {disk_full(err.filename or 'a file', None, err)}", file=sys.stderr)
+        sys.exit(2)
     if code:
         sys.exit(code)
 

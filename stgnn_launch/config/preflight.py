@@ -18,9 +18,23 @@ class CheckRunDir(Callback):
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         _writable_or_exit(config, "hydra.run.dir")
+        if OmegaConf.select(config, "hydra.output_subdir") is not None:  # stgnn-plan writes no directory
+            _held_or_exit(Path(str(OmegaConf.select(config, "hydra.run.dir"))))
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         _writable_or_exit(config, "hydra.sweep.dir")
+
+
+def _held_or_exit(run_dir: Path) -> None:
+    """The run directory's lock, taken before Hydra writes its .hydra/ files there: a directory another live
+    run holds is left exactly as it is (stgnn_launch/run_lock.py)."""
+    from stgnn_launch import run_lock
+
+    try:
+        run_lock.hold(run_dir, inheritable=True)
+    except run_lock.RunDirBusy as err:
+        print(f"stgnn-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _writable_or_exit(config: Any, key: str) -> None:

@@ -43,9 +43,13 @@ class Series:
         self.timestamps = np.asarray(self.timestamps).astype("datetime64[ns]")
         if self.timestamps.shape != (t,):
             raise UserError(f"series timestamps: expected {t} (one per step), found {self.timestamps.shape[0]}")
+        check_regular(self.timestamps, "series timestamps")  # every reader's, whatever it checked itself
         self.sensor_ids = [str(s) for s in self.sensor_ids]
         if len(self.sensor_ids) != n:
             raise UserError(f"series sensor ids: expected {n} (one per column), found {len(self.sensor_ids)}")
+        if len(set(self.sensor_ids)) != n:
+            repeated = next(s for i, s in enumerate(self.sensor_ids) if s in self.sensor_ids[:i])
+            raise UserError(f"series sensor ids: expected {n} distinct ids, found {repeated!r} more than once")
         if not self.feature_names:
             self.feature_names = ["value"] + [f"value_{i}" for i in range(1, f)]
         if len(self.feature_names) != f:
@@ -85,6 +89,23 @@ class Series:
     @property
     def nbytes(self) -> int:
         return self.values.element_size() * self.values.nelement()
+
+
+def check_regular(stamps: np.ndarray, where: str, chunk: int = 4096) -> None:
+    """Windows, time of day and the split assume one fixed step: refuse duplicated, decreasing or unevenly
+    spaced timestamps, naming the first offending pair (in blocks: no T-long temporaries)."""
+    stamps = np.asarray(stamps).astype("datetime64[ns]", copy=False)
+    ns = stamps.view(np.int64)
+    if len(ns) < 2:
+        return
+    step = ns[1] - ns[0]
+    for lo in range(0, len(ns) - 1, chunk):
+        off = np.flatnonzero(np.diff(ns[lo:lo + chunk + 1]) != step) if step > 0 else np.zeros(1, dtype=np.int64)
+        if len(off):
+            bad = lo + int(off[0])
+            pair = np.datetime_as_string(stamps[bad:bad + 2], unit="s")
+            raise UserError(f"{where}: expected evenly spaced, increasing timestamps, found {pair[0]} -> "
+                            f"{pair[1]} at step {bad + 1} (first step {np.timedelta64(step, 'ns').astype('timedelta64[s]')})")
 
 
 def regular_timestamps(start: str, freq: str, steps: int) -> np.ndarray:

@@ -9,7 +9,8 @@ statistics) written once the values are complete.
 
 The segment's name is unlinked as soon as every rank has mapped it: the pages live exactly as long as
 some rank still maps them, so a crashed job leaves nothing behind in /dev/shm. Names are unique per run,
-node, torchrun attempt and Slurm restart; a segment of the same name left by a dead attempt is removed.
+node and host, and the same over its attempts: a segment left by a dead attempt (or a killed run) is
+removed by the next.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
@@ -44,10 +47,11 @@ class NodeStats:
 
 
 def segment_name(run_dir: str | None, node_rank: int) -> str:
-    """Unique per run, node, torchrun attempt and Slurm restart; the same on every rank of the node."""
-    key = "|".join([str(run_dir), os.environ.get("TORCHELASTIC_RUN_ID", ""),
-                    os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), os.environ.get("SLURM_RESTART_COUNT", "0"),
-                    os.environ.get("MASTER_PORT", ""), str(node_rank)])
+    """The same on every rank of the node and on every attempt of the run (torchrun restarts, requeues,
+    a rerun after a kill), so that a dead attempt's segment is found and reclaimed by the next one. Two
+    runs never share it: one run directory holds one run at a time (stgnn_launch/run_lock.py), and the
+    node's other ranks attach only after its first rank has created the segment afresh."""
+    key = "|".join([str(Path(run_dir).resolve()) if run_dir else "", socket.gethostname(), str(node_rank)])
     return "stgnn_" + hashlib.sha1(key.encode()).hexdigest()[:16]
 
 

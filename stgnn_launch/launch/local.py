@@ -15,6 +15,7 @@ import torch
 
 from stgnn_launch.config.schema import Config
 from stgnn_launch.distributed.context import usable_cores
+from stgnn_launch import run_lock
 from stgnn_launch.errors import UserError
 from stgnn_launch.launch.torchrun import AGENT_MODULE, build_torchrun_cmd, socket_env
 
@@ -58,7 +59,7 @@ def run_torchrun_locally(cfg: Config, run_dir: Path, worker_args: tuple[str, ...
                              rdzv_conf=launcher.rdzv_conf, worker_args=worker_args,
                              launcher_module=module)
     print(f"starting {cfg.gpus} ranks: {' '.join(cmd)}", flush=True)
-    env = {**os.environ, **socket_env(launcher.socket_ifname)}
+    env = {**os.environ, **socket_env(launcher.socket_ifname), **run_lock.child_env(run_dir)}
     if replace_process:
         logging.shutdown()  # Hydra's job log: flushed and closed before the exec
         sys.stderr.flush()

@@ -30,6 +30,7 @@ from typing import Any
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
 from stgnn_launch.launch.torchrun import AGENT_MODULE, build_torchrun_cmd, socket_env
+from stgnn_launch.lifeline import die_with_parent
 from stgnn_launch.train.record import RESULTS
 
 RESUME_ENV = "STGNN_RESUME"
@@ -148,9 +149,12 @@ def run_torchrun(cmd: list[str], env: dict[str, str], ignore: signal.Signals | N
     torchrun gets SIGTERM, which it passes on to the ranks, and SIGKILL after TORCHRUN_GRACE_S.
     """
 
+    parent = os.getpid()
+
     def child_setup() -> None:
         if ignore is not None:
             signal.signal(ignore, signal.SIG_IGN)
+        die_with_parent(parent=parent)  # this node task killed: torchrun too, and its ranks with it
 
     proc = subprocess.Popen(cmd, env=env, preexec_fn=child_setup)
     _RUNNING["torchrun"] = proc

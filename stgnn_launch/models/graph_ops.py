@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stgnn_launch.data.graph import SparseGraph, as_sparse_graph
+from stgnn_launch.errors import UserError
 
 __all__ = [
     "Edges",
@@ -76,12 +77,25 @@ def _safe_inverse(x: np.ndarray, power: float = 1.0) -> np.ndarray:
     return out
 
 
+def nonnegative(a: Edges, normalization: str) -> Edges:
+    """Degree normalisations need weights >= 0 (a negative row sum has no D^-1/2; a random walk no
+    probabilities): anything else is refused in one line, naming the first offending edge."""
+    bad = ~(np.isfinite(a.vals) & (a.vals >= 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(f"graph: expected finite non-negative edge weights for {normalization}, found "
+                        f"{int(bad.sum())} that are not, e.g. {a.vals[i]:g} from node {int(a.rows[i])} to "
+                        f"node {int(a.cols[i])} (fix the adjacency file, e.g. take absolute values or clip at 0)")
+    return a
+
+
 def gcn_normalized(adj: SparseGraph | np.ndarray) -> Edges:
     """D^-1/2 (A + I) D^-1/2 with D the row sums of A + I (Kipf & Welling 2017; T-GCN's code).
 
-    I is added even where A already has self-loops (METR-LA's does), as T-GCN does.
+    I is added even where A already has self-loops (METR-LA's does), as T-GCN does. With A >= 0 (checked)
+    every row of A + I sums to at least 1, so a sensor without edges keeps its own signal.
     """
-    a = Edges.of(adj)
+    a = nonnegative(Edges.of(adj), "the symmetric normalisation D^-1/2 (A + I) D^-1/2")
     diag = np.arange(a.n, dtype=np.int64)
     rows = np.concatenate([a.rows, diag])
     cols = np.concatenate([a.cols, diag])
@@ -97,8 +111,10 @@ def _random_walk(a: Edges) -> Edges:
 
 
 def random_walk_supports(adj: SparseGraph | np.ndarray) -> list[Edges]:
-    """DCRNN's "dual_random_walk" supports, transposed as DCRNN applies them: [P_f^T, P_b^T]."""
-    a = Edges.of(adj)
+    """DCRNN's "dual_random_walk" supports, transposed as DCRNN applies them: [P_f^T, P_b^T]. A sensor
+    without outgoing (incoming) edges gets a zero row there, as in DCRNN's code (its inputs then reach the
+    next layer only through the diffusion's 0th step)."""
+    a = nonnegative(Edges.of(adj), "the random-walk normalisation D^-1 A")
     return [_random_walk(a).transpose(), _random_walk(a.transpose()).transpose()]
 
 

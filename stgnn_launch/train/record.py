@@ -66,3 +66,10 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
 
 def read_results(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / RESULTS).read_text())
+
+
+def clear_outcome(run_dir: Path) -> None:
+    """A new attempt in a run directory (a resume): the last attempt's results.json or failed.json no
+    longer describes the run, and would have reports list it as done while it fails or runs."""
+    for name in (RESULTS, FAILED):
+        (run_dir / name).unlink(missing_ok=True)

@@ -6,6 +6,7 @@ The plan (stgnn_launch/planning/) is decided once, here, and every step below on
 from __future__ import annotations
 
 import socket
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
@@ -20,12 +21,13 @@ from stgnn_launch.config.schema import Config
 from stgnn_launch.data.batching import Batcher, WindowSource, build_source
 from stgnn_launch.data.datasets import dataset_shape, load_dataset
 from stgnn_launch.data.prepare import Prepared, fill_missing, input_ranges, prepare, scaler_from_sums
-from stgnn_launch.data.prepare.checks import sensor_warnings
+from stgnn_launch.data.prepare.checks import graph_warnings, sensor_warnings
 from stgnn_launch.data.prepare.missing import count_missing
 from stgnn_launch.data.graph import SparseGraph
 from stgnn_launch.data.series import Series
 from stgnn_launch.data.summary import format_step
 from stgnn_launch.distributed.context import DistContext, RankEnv, init_distributed, shutdown, wait_for_all
+from stgnn_launch import run_lock
 from stgnn_launch.errors import UserError
 from stgnn_launch.models.checkpointing import enable_activation_checkpointing
 from stgnn_launch.models.registry import ModelSpec, build_model, model_class
@@ -34,7 +36,7 @@ from stgnn_launch.planning.machine import Machine
 from stgnn_launch.planning.plan import Plan, apply_threads, make_plan
 from stgnn_launch.train.metrics import MetricSums, mape_alarms, mape_threshold_facts
 from stgnn_launch.train.preemption import Preempted
-from stgnn_launch.train.record import FAILED, RESULTS, git_sha, peak_rss_bytes, write_json_atomic
+from stgnn_launch.train.record import FAILED, RESULTS, clear_outcome, git_sha, peak_rss_bytes, write_json_atomic
 from stgnn_launch.train.runlog import RunLog, missing_line, model_label, startup_block
 from stgnn_launch.train.trainer import Trainer, fit_baseline, seed_everything
 
@@ -115,7 +117,8 @@ def build_pipeline(cfg: Config, plan: Plan, ctx: DistContext) -> Pipeline:
              "filled_readings": filled, "series_bytes": series.nbytes,
              "warnings": sensor_warnings(prepared.values, series.sensor_ids, series.feature_names,
                                          input_ranges(prepared.starts["train"], prepared.window),
-                                         prepared.null_value) if ctx.is_main else [],
+                                         prepared.null_value)
+                         + graph_warnings(series.graph, series.sensor_ids) if ctx.is_main else [],
              "windows": {split: len(starts) for split, starts in prepared.starts.items()},
              "missing_readings": count_missing(prepared.values, prepared.null_value) if ctx.is_main else None,
              "readings": prepared.values.numel(),
@@ -198,9 +201,22 @@ def startup_facts(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, run
         "data bytes": f"{pipe.source.data_bytes / 2**20:.1f} MiB per rank",
         "run dir": str(run_dir),
     }
+    cached = converted_cache(cfg)
+    if cached:
+        facts["cache"] = cached
     for i, note in enumerate(plan.notes):
         facts[f"note {i + 1}"] = note
     return facts
+
+
+def converted_cache(cfg: Config) -> str | None:
+    """Which cache entry a CSV/NPY/NPZ dataset was read from, and whether it was converted by this run."""
+    from stgnn_launch.data.readers import CACHE_USED
+
+    if not cfg.dataset.path:
+        return None
+    used = CACHE_USED.get(str(Path(cfg.dataset.path).expanduser().resolve()))
+    return f"{used[0]} ({used[1]}, keyed by the file's content)" if used else None
 
 
 def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -212,6 +228,9 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
     _configure_device(cfg, plan)
     ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s,
                            60.0 * cfg.launcher.collective_timeout_min)
+    locked_here = ctx.is_main and run_lock.hold(run_dir)  # refused before anything is written (a Slurm job)
+    if ctx.is_main:
+        clear_outcome(run_dir)
     log = RunLog(run_dir, ctx.is_main, cfg.trainer.tensorboard, cfg.trainer.log_every_s)
     try:
         pipe = build_pipeline(cfg, plan, ctx)
@@ -253,12 +272,27 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
         return record
     except BaseException as err:
         if ctx.is_main and not isinstance(err, (SystemExit, Preempted)):
-            write_json_atomic({"error": str(err) or type(err).__name__, "type": type(err).__name__,
-                               "traceback": traceback.format_exc(), "time": time.time()}, run_dir / FAILED)
+            write_failed(run_dir, err)
         raise
     finally:
         log.close()
         shutdown(ctx, together=False)  # no-op after the normal end
+        if locked_here:
+            run_lock.release(run_dir)
+
+
+def write_failed(run_dir: Path, err: BaseException) -> None:
+    """failed.json with the error; on a disk too full even for that, the error alone (no traceback), and
+    if that fails too, one line on stderr: the run's own error is what the user must see."""
+    record = {"error": str(err) or type(err).__name__, "type": type(err).__name__,
+              "traceback": traceback.format_exc(), "time": time.time()}
+    for attempt in (record, {k: v for k, v in record.items() if k != "traceback"}):
+        try:
+            write_json_atomic(attempt, run_dir / FAILED)
+            return
+        except OSError as write_err:
+            reason = write_err.strerror or str(write_err)
+    print(f"stgnn-train: warning: could not write {run_dir / FAILED} ({reason})", file=sys.stderr, flush=True)
 
 
 def make_record(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, trainer: Trainer, val_sums: MetricSums,
@@ -343,6 +377,7 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
     _configure_device(cfg, plan)
     ctx = init_distributed(env, plan.compute_device, plan.backend, plan.dist_timeout_s,
                            60.0 * cfg.launcher.collective_timeout_min)
+    locked_here = ctx.is_main and run_lock.hold(run_dir)  # it writes there too, and maps the run's segment
     log = RunLog(run_dir, ctx.is_main)
     try:
         pipe = build_pipeline(cfg, plan, ctx)
@@ -371,6 +406,8 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
     finally:
         log.close()
         shutdown(ctx, together=False)  # no-op after the normal end
+        if locked_here:
+            run_lock.release(run_dir)
 
 
 def format_test(test: dict[str, dict[str, float]], baselines: dict[str, dict[str, dict[str, float]]] | None = None,

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from stgnn_launch.config.schema import Config
 from stgnn_launch.data.batching import Batcher, BatchFeed, WindowSource, eval_positions
 from stgnn_launch.data.prepare import Prepared
+from stgnn_launch.errors import UserError
 from stgnn_launch.distributed.context import DistContext, StepVote, all_reduce_sum, barrier
 from stgnn_launch.planning.plan import Plan
 from stgnn_launch.train import checkpoint
@@ -168,6 +169,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_val = math.inf
         self.best_epoch = 0
+        self.best_model: dict[str, torch.Tensor] | None = None  # the best epoch's weights, on the host
         self.bad_epochs = 0
         self.start_epoch = 1
         self.in_epoch: dict[str, Any] | None = None  # where a step checkpoint left the current epoch
@@ -304,6 +306,7 @@ class Trainer:
             if self.bad_epochs >= self.trainer_cfg.patience:
                 break
             stats = self.train_epoch(epoch)
+            check_finite_loss(stats, self.plan.lr)  # before its checkpoint: earlier ones stay as they were
             improved = stats.val_mae < self.best_val
             if improved:
                 self.best_val, self.best_epoch, self.bad_epochs = stats.val_mae, epoch, 0
@@ -320,10 +323,14 @@ class Trainer:
                 self.log.info(f"early stopping: no better validation MAE for {self.bad_epochs} epochs")
 
     def load_best(self, required: bool = False) -> None:
-        """The best epoch's weights (by validation MAE); `required` for evaluating a finished run."""
-        best = self.ckpt_dir / checkpoint.BEST
-        if self.trainable and (required or best.is_file()):
-            self.model.load_state_dict(checkpoint.load(best)["model"])
+        """The best epoch's weights (by validation MAE); `required` for evaluating a finished run. A run that
+        trained holds them itself (from last.pt when resumed); otherwise they are read as last.pt names them."""
+        if not self.trainable:
+            return
+        if self.best_model is not None:
+            self.model.load_state_dict(self.best_model)
+        elif required or (self.ckpt_dir / checkpoint.BEST).is_file():
+            self.model.load_state_dict(checkpoint.best_weights(self.ckpt_dir)[1])
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _rng_states(self) -> list[dict[str, Any]]:
@@ -340,7 +347,7 @@ class Trainer:
         return {
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "best_val": self.best_val, "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "history": self.history, "rng_per_rank": rng, "in_epoch": in_epoch,
+            "best_model": self.best_model, "bad_epochs": self.bad_epochs, "history": self.history, "rng_per_rank": rng, "in_epoch": in_epoch,
             "attempt": self.attempt, "run_wall_time_s": self.run_wall_time_s(),
         }
 
@@ -352,11 +359,10 @@ class Trainer:
     def _save(self, epoch: int, improved: bool, in_epoch: dict[str, Any] | None = None) -> None:
         """`epoch`: the last finished epoch; `in_epoch`: how far the next one got (a step checkpoint)."""
         rng = self._rng_states()
+        if improved:
+            self.best_model = checkpoint.cpu_copy(self.model.state_dict())
         if self.ctx.is_main:
-            state = self._state(epoch, rng, in_epoch)
-            checkpoint.save_atomic(state, self.ckpt_dir / checkpoint.LAST)
-            if improved:
-                checkpoint.save_atomic({"epoch": epoch, "model": state["model"]}, self.ckpt_dir / checkpoint.BEST)
+            checkpoint.save_pair(self._state(epoch, rng, in_epoch), self.ckpt_dir, improved)
         barrier(self.ctx)
 
     def _resume(self) -> None:
@@ -365,10 +371,13 @@ class Trainer:
             self.log.info(f"resume: no checkpoint in {self.ckpt_dir} yet, starting from epoch 1")
             return
         state = checkpoint.load(path)
-        self.model.load_state_dict(state["model"])
+        checkpoint.load_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
+        self.best_model = state.get("best_model")
+        if self.ctx.is_main and checkpoint.reconcile_best(self.ckpt_dir, state):
+            self.log.info(f"resume: best.pt rewritten as epoch {self.best_epoch}, the best epoch last.pt names")
         self.bad_epochs, self.history = state["bad_epochs"], list(state["history"])
         self.start_epoch = state["epoch"] + 1
         self.in_epoch = state.get("in_epoch")
@@ -390,6 +399,17 @@ class Trainer:
         where = (f"epoch {self.in_epoch['epoch']} step {self.in_epoch['step']}" if self.in_epoch
                  else f"the end of epoch {state['epoch']}")
         self.log.info(f"resumed from {path} at {where}")
+
+
+class TrainingDiverged(UserError):
+    """The training loss is NaN or infinite: more epochs cannot recover, so the run stops at once."""
+
+
+def check_finite_loss(stats: EpochStats, lr: float) -> None:
+    if not math.isfinite(stats.train_loss):
+        raise TrainingDiverged(f"trainer: expected a finite training loss, found {stats.train_loss} in epoch "
+                               f"{stats.epoch} (lr {lr:g}): lower trainer.lr, or check the data's range and the "
+                               "graph's weights")
 
 
 def fit_baseline(model: nn.Module, prepared: Prepared) -> None:

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from stgnn_launch.config.load import load_run_config, with_overrides
-from stgnn_launch.errors import UserError
+from stgnn_launch.errors import UserError, disk_full, is_disk_full
+from stgnn_launch.lifeline import die_with_parent
 from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 
 
@@ -25,6 +26,7 @@ def _interrupted(signum: int, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    launcher = os.getppid()
     parser = argparse.ArgumentParser(prog="python -m stgnn_launch.train.worker")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--eval", metavar="SPLIT", choices=["train", "val", "test"],
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="metrics.KEY=VALUE",
                         help="with --eval: a scoring override (stgnn-eval's metrics.* arguments)")
     args = parser.parse_args(argv)
+    die_with_parent(parent=launcher)  # torchrun killed (SIGKILL included): no rank trains on as an orphan
     # Until training installs its handler, the preemption signal must not kill a rank that is loading data.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGINT, _interrupted)
@@ -54,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         run_training(cfg, args.run_dir)
     except UserError as err:
         print(f"stgnn-train: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        print(f"stgnn-train: error: {disk_full(err.filename or 'a file', None, err)}", file=sys.stderr)
         return 2
     except Preempted as stop:  # a step checkpoint is written; torchrun restarts or Slurm requeues resume it
         print(f"stgnn-train: {stop}; resume continues from the step checkpoint", file=sys.stderr)

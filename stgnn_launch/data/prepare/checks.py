@@ -6,6 +6,8 @@
   as chickenpox) negative readings are normal and not counted.
 * Constant sensors: every observed reading in the training range is the same value (a stuck sensor);
   the model can learn nothing from it, and its errors dominate nothing, so the run goes on.
+* Readings beyond a sane range: a magnitude over OUTLIER_FACTOR times the dataset's typical one (one
+  1e38 in a file of speeds); such a reading dominates the scaler and z-scores everything else to 0.
 * Never-observed sensors: no observed reading in the training range. They are masked, not refused:
   their missing readings count in no loss and no metric (as every missing reading), the model sees the
   null value as their input, and the warning names them so that they can be dropped from the file.
@@ -34,6 +36,11 @@ def sensor_warnings(values: torch.Tensor, sensor_ids: list[str], feature_names: 
         warnings.append(f"{negative} readings are negative (lowest {lowest:g}) although dataset.null_value="
                         f"{null_value:g} marks missing readings of a non-negative quantity: check the file, or set "
                         "dataset.null_value=null for centred data")
+    huge, largest, typical = _beyond_range(values, null_value)
+    if huge:
+        warnings.append(f"{huge} readings are beyond a sane range for this dataset (largest {largest:g}, over "
+                        f"{OUTLIER_FACTOR:g} x the typical magnitude {typical:g}): a broken file? They dominate the "
+                        "scaler's mean and std, so every other reading is z-scored to about 0; fix or blank them")
     seen, low, high = _training_extent(values, train_ranges, null_value)
     never = _names(seen == 0, sensor_ids, feature_names)
     constant = _names((seen >= 2) & (low == high), sensor_ids, feature_names)
@@ -44,6 +51,35 @@ def sensor_warnings(values: torch.Tensor, sensor_ids: list[str], feature_names: 
         warnings.append(f"{len(never)} sensors are never observed in the training range ({_listing(never)}): "
                         "they are masked (no loss, no metric; the model sees the null value as their input)")
     return warnings
+
+
+OUTLIER_FACTOR = 1e4  # a reading this many times the dataset's typical magnitude is not a measurement
+_SAMPLE = 2**20  # readings sampled for the typical magnitude
+
+
+def _beyond_range(values: torch.Tensor, null_value: float | None) -> tuple[int, float, float]:
+    """Observed readings whose magnitude exceeds OUTLIER_FACTOR x the median magnitude of the dataset's
+    observed readings (from an even sample): (count, largest, median)."""
+    stride = max(1, values.shape[0] * values.shape[1] * values.shape[2] // _SAMPLE)
+    sample = values.reshape(-1)[::stride].float().cpu()
+    sample = sample[observed(sample, null_value)].abs()
+    if sample.numel() == 0:
+        return 0, 0.0, 0.0
+    typical = float(sample.median())
+    if typical == 0:  # mostly zeros (counts): the scale of the non-zero readings instead
+        nonzero = sample[sample > 0]
+        typical = float(nonzero.median()) if nonzero.numel() else 0.0
+    if typical == 0:
+        return 0, 0.0, 0.0
+    limit, count, largest, steps = OUTLIER_FACTOR * typical, 0, 0.0, chunk_steps(values)
+    for first in range(0, values.shape[0], steps):
+        block = values[first:first + steps].float().cpu()
+        beyond = observed(block, null_value) & (block.abs() > limit)
+        found = int(beyond.sum())
+        if found:
+            count += found
+            largest = max(largest, float(block[beyond].abs().max()))
+    return count, largest, typical
 
 
 def _negatives(values: torch.Tensor, null_value: float | None) -> tuple[int, float]:
@@ -88,3 +124,20 @@ def _names(flags: torch.Tensor, sensor_ids: list[str], feature_names: list[str])
 def _listing(names: list[str]) -> str:
     shown = ", ".join(names[:_SHOWN])
     return shown if len(names) <= _SHOWN else f"{shown} and {len(names) - _SHOWN} more"
+
+
+def graph_warnings(graph, sensor_ids: list[str]) -> list[str]:
+    """Sensors with no edge to or from another sensor: their rows of a random walk D^-1 A are zero (DCRNN's
+    convention) and T-GCN's A + I leaves them their own signal only, so the graph tells the model nothing
+    about them."""
+    if graph is None or graph.num_nodes == 0:
+        return []
+    linked = torch.zeros(graph.num_nodes, dtype=torch.bool)
+    others = (graph.rows != graph.cols) & (graph.weights != 0)
+    linked[torch.from_numpy(graph.rows[others])] = True
+    linked[torch.from_numpy(graph.cols[others])] = True
+    alone = [sensor_ids[i] for i in (~linked).nonzero().flatten().tolist()]
+    if not alone:
+        return []
+    return [f"{len(alone)} sensors have no edge to or from another sensor in the graph ({_listing(alone)}): the "
+            "graph convolutions see only their own readings"]

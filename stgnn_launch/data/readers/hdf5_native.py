@@ -21,10 +21,10 @@ import h5py
 import numpy as np
 import torch
 
-from stgnn_launch.atomic_write import temp_path_beside
+from stgnn_launch.atomic_write import remove_dead_temporaries, temp_path_beside
 from stgnn_launch.data.graph import SparseGraph, as_sparse_graph
 from stgnn_launch.data.series import Series
-from stgnn_launch.errors import UserError
+from stgnn_launch.errors import UserError, disk_full, free_bytes, is_disk_full
 
 Allocator = Callable[[tuple[int, ...]], np.ndarray]  # shape -> a float32 array to read into
 
@@ -50,8 +50,14 @@ class NativeWriter:
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temporaries(self.path.parent)  # a killed conversion's or generation's leftovers
         self._tmp = temp_path_beside(self.path)
         n, f = len(sensor_ids), len(feature_names)
+        # HDF5 fails late on a full disk (at close, in C, where it can even crash the interpreter): check first
+        needed = num_steps * (n * f * 4 + 8) + (n * n * 4 if graph is not None else 0) + 64 * (n + f) + 2**20
+        free = free_bytes(self.path.parent)
+        if free is not None and free < needed:
+            raise disk_full(self.path, needed)
         self._file = h5py.File(self._tmp, "w")
         self._file.attrs["layout"] = LAYOUT
         self._file.attrs["version"] = VERSION
@@ -81,7 +87,13 @@ class NativeWriter:
         self._written = end
 
     def close(self) -> Path:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as err:  # what the check above missed (another writer filled the disk meanwhile)
+            self._tmp.unlink(missing_ok=True)
+            if is_disk_full(err) or "No space" in str(err):
+                raise disk_full(self.path, None, err) from None
+            raise
         if self._written != self._num_steps:
             self._tmp.unlink(missing_ok=True)
             raise ValueError(f"writer closed after {self._written} of {self._num_steps} steps")
@@ -89,8 +101,12 @@ class NativeWriter:
         return self.path
 
     def abort(self) -> None:
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            self._file.close()
+        except OSError:
+            pass  # a full disk again: the temporary file goes either way
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "NativeWriter":
         return self

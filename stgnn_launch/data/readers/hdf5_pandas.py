@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stgnn_launch.data.readers.hdf5_native import Allocator
-from stgnn_launch.data.series import Series
+from stgnn_launch.data.series import Series, check_regular
 from stgnn_launch.errors import UserError
 
 # Rows per read: a read buffer stays a few percent of the final array, and at most 8192 rows.
@@ -175,6 +175,7 @@ def _timestamps(frame: _Frame, path: Path, start: int, stop: int) -> np.ndarray:
                         f"'datetime64[...]'), found kind {kind!r} dtype {frame.axis1.dtype}")
     raw = frame.axis1[start:stop]
     raw *= _NS_PER_UNIT[unit]  # in place: no second T-long array
+    check_regular(raw.view("datetime64[ns]"), f"{path} key {frame.name}")  # as the CSV reader refuses them
     return raw.view("datetime64[ns]")
 
 

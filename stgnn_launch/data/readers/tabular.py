@@ -79,6 +79,7 @@ def csv_source(path: str | os.PathLike, start: str = DEFAULT_START, freq: str = 
     if not sensor_ids or num_steps == 0:
         raise UserError(f"{path}: expected a header row of sensor ids and at least one row of readings, "
                         f"found {len(sensor_ids)} ids and {num_steps} rows")
+    _check_ids(path, sensor_ids, first_column=2 if timed else 1)
     timestamps = _parse_times(path, cells) if timed else regular_timestamps(start, freq, num_steps)
     rows = _block_rows(len(sensor_ids))
 
@@ -129,6 +130,21 @@ def _existing(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise UserError(f"{path}: expected an existing file, found nothing there")
     return path
+
+
+def _check_ids(path: Path, sensor_ids: list[str], first_column: int) -> None:
+    """Every header column names one sensor, once: an empty id (a trailing comma on every row) or a
+    repeated one would otherwise reach the graph check as a sensor count that does not match."""
+    seen: dict[str, int] = {}
+    for column, sensor in enumerate(sensor_ids, start=first_column):
+        if not sensor:
+            hint = " (a trailing comma on each row?)" if column == first_column + len(sensor_ids) - 1 else ""
+            raise UserError(f"{path}: expected a sensor id in every header column, found an empty one in column "
+                            f"{column}{hint}")
+        if sensor in seen:
+            raise UserError(f"{path}: expected distinct sensor ids in the header, found {sensor!r} in columns "
+                            f"{seen[sensor]} and {column}")
+        seen[sensor] = column
 
 
 def _block_rows(values_per_row: int) -> int:
