@@ -17,7 +17,7 @@ from pathlib import Path
 
 from stgnn_launch.errors import UserError
 
-LOCK_FILE = ".run.lock"
+from stgnn_launch.rundir import LOCK as LOCK_FILE, checkpoints  # noqa: E402
 HELD_ENV = "STGNN_RUN_LOCK"  # the run directory a launcher above this process holds the lock of
 
 _held: dict[str, int] = {}  # resolved run directory -> descriptor, for this process
@@ -73,7 +73,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """`.<name>.<pid>.tmp` files beside the run's files and checkpoints: left by a write that was killed
     (or failed without cleaning up). Only called by the lock's holder, so none of them is being written."""
     removed = []
-    for folder in (run_dir, run_dir / "checkpoints"):
+    for folder in (run_dir, checkpoints(run_dir)):
         if folder.is_dir():
             for path in folder.glob(".*.tmp"):
                 path.unlink(missing_ok=True)

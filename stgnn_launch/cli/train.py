@@ -20,6 +20,7 @@ from stgnn_launch.errors import UserError, disk_full, is_disk_full
 from stgnn_launch import run_lock
 from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 from stgnn_launch.launch import sweep
+from stgnn_launch import rundir
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # stgnn_launch/conf: in the wheel too
 
@@ -66,7 +67,7 @@ def launch(cfg: DictConfig) -> int:
 def discard_if_empty(run_dir: Path) -> None:
     """A run refused before it started leaves no directory behind (Hydra creates it up front; config.yaml
     is written before a Slurm submission, which sbatch or the pre-submission checks may still refuse)."""
-    hydra_only = {".hydra", f"{HydraConfig.get().job.name}.log", "config.yaml", run_lock.LOCK_FILE}
+    hydra_only = {".hydra", f"{HydraConfig.get().job.name}.log", rundir.CONFIG, rundir.LOCK}
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_only:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_lock.release(run_dir)

@@ -12,7 +12,7 @@ from stgnn_launch.atomic_write import replacing
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
 
-RUN_CONFIG = "config.yaml"  # the resolved config every rank, eval and resume read back
+from stgnn_launch.rundir import CONFIG as RUN_CONFIG  # the resolved config every rank, eval and resume read back
 
 
 def to_config(cfg: DictConfig | dict) -> Config:

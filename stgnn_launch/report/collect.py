@@ -20,8 +20,9 @@ import yaml
 from stgnn_launch.errors import UserError
 
 DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"
-RUN_FILES = ("config.yaml", "results.json", "failed.json")
-SWEEP_FILE = "sweep.json"
+from stgnn_launch.rundir import CONFIG, RESULTS, RUN_FILES  # noqa: E402
+from stgnn_launch.rundir import FAILED as FAILED_FILE  # noqa: E402
+from stgnn_launch.rundir import SWEEP as SWEEP_FILE  # noqa: E402
 SKIP_DIRS = {"checkpoints", "slurm", "__pycache__"}  # never hold runs; dot-folders (.hydra) are skipped too
 
 
@@ -38,9 +39,9 @@ class Run:
 
 def read_run(run_dir: Path) -> Run:
     """One run directory's status, config and results; unreadable files make it a failed run."""
-    results_path, failed_path = run_dir / "results.json", run_dir / "failed.json"
+    results_path, failed_path = run_dir / RESULTS, run_dir / FAILED_FILE
     try:
-        config = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+        config = _read_yaml(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else {}
     except (OSError, yaml.YAMLError) as err:
         return Run(run_dir, FAILED, error=f"unreadable config.yaml: {err}")
     # A run resumed after a failure may hold both; the newer file tells how it ended.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ from stgnn_launch.atomic_write import replacing
 
 from stgnn_launch.errors import UserError, disk_full, free_bytes, is_disk_full
 
-LAST = "last.pt"
-BEST = "best.pt"
+from stgnn_launch.rundir import BEST, LAST  # noqa: F401 (the trainer reads them from here)
+from stgnn_launch.rundir import checkpoints as checkpoint_dir  # noqa: F401
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -60,13 +61,11 @@ def load(path: Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {path}: expected a stgnn-launch checkpoint, could not read it ({why})") from None
 
 
-def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
-
-
-def cpu_copy(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A copy of a state dict on the host, kept while training goes on (the best epoch's weights)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+def cpu_copy(weights: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a state dict on the host, kept while training goes on (the best epoch's weights); a module's
+    extra state (a host count, models/host_state.py) is copied as it is."""
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            for k, v in weights.items()}
 
 
 def save_pair(state: dict[str, Any], ckpt_dir: Path, improved: bool) -> None:

@@ -14,8 +14,7 @@ import numpy as np
 
 from stgnn_launch.atomic_write import replacing
 
-RESULTS = "results.json"
-FAILED = "failed.json"  # a run that stopped with an error: its message, for the user and for reports
+from stgnn_launch.rundir import FAILED, RESULTS  # noqa: F401 (read from here by the trainers and tools)
 
 
 def peak_rss_bytes() -> int:

@@ -39,6 +39,7 @@ from stgnn_launch.train.preemption import Preempted
 from stgnn_launch.train.record import FAILED, RESULTS, clear_outcome, git_sha, peak_rss_bytes, write_json_atomic
 from stgnn_launch.train.runlog import RunLog, missing_line, model_label, startup_block
 from stgnn_launch.train.trainer import Trainer, fit_baseline, seed_everything
+from stgnn_launch import rundir
 
 
 @dataclass
@@ -256,7 +257,7 @@ def run_training(cfg: Config, run_dir: Path) -> dict[str, Any]:
         if cfg.trainer.save_predictions:
             from stgnn_launch.train.predictions import save_predictions
 
-            save_predictions(trainer, "test", run_dir / "predictions.npz")
+            save_predictions(trainer, "test", rundir.predictions(run_dir))
         if ctx.is_main:
             write_json_atomic(record, run_dir / RESULTS)
             log.info(format_test(test, baselines, cfg.metrics.mape_threshold, pipe.facts["mape_threshold_rule"],
@@ -392,11 +393,11 @@ def run_evaluation(cfg: Config, run_dir: Path, split: str) -> dict[str, Any]:
         baselines = {name: s.result() for name, s in sums.items() if name != "model"}
         record = {"run_dir": str(run_dir), "split": split, "world_size": ctx.world_size, "metrics": metrics,
                   "baselines": baselines, "mape_threshold": cfg.metrics.mape_threshold,
-                  "checkpoint": str(trainer.ckpt_dir / "best.pt") if trainer.trainable else None}
+                  "checkpoint": str(rundir.best_checkpoint(run_dir)) if trainer.trainable else None}
         if cfg.trainer.save_predictions:
             from stgnn_launch.train.predictions import save_predictions
 
-            save_predictions(trainer, split, run_dir / f"predictions_{split}.npz")
+            save_predictions(trainer, split, rundir.predictions(run_dir, split))
         if ctx.is_main:
             write_json_atomic(record, run_dir / f"eval_{split}_w{ctx.world_size}.json")
             print(format_test(metrics, baselines, cfg.metrics.mape_threshold, pipe.facts["mape_threshold_rule"],

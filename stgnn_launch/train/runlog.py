@@ -13,8 +13,7 @@ from typing import Any
 
 from stgnn_launch.errors import UserError
 
-LOG = "train.log"
-METRICS = "metrics.csv"
+from stgnn_launch.rundir import LOG, METRICS  # noqa: E402
 
 
 class RunLog:

@@ -16,6 +16,7 @@ from stgnn_launch.config.load import load_run_config, with_overrides
 from stgnn_launch.errors import UserError, disk_full, is_disk_full
 from stgnn_launch.lifeline import die_with_parent
 from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
+from stgnn_launch import rundir
 
 
 def _interrupted(signum: int, frame) -> None:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         # failed keeps 0, so with restarts allowed a checkpoint already in the run directory decides on every node.
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 or (
             int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
-            and (args.run_dir / "checkpoints" / "last.pt").is_file())
+            and rundir.last_checkpoint(args.run_dir).is_file())
         cfg.trainer.resume = cfg.trainer.resume or restarted or os.environ.get("STGNN_RESUME") == "1"
         from stgnn_launch.train.run import run_training
 
