@@ -1,4 +1,5 @@
-"""The profiling study: short runs -> extrapolated MAE -> ranking; optionally full runs and a reference.
+"""The profiling study: short runs -> extrapolated MAE -> ranking (profile.method=curve), or successive
+halving's rungs -> ranking (profile.method=halving, profile/halving.py); optionally full runs and a reference.
 
 Cost is the runs' own wall time (results.json `wall_time_s`: setup, training, validation, test), so queue
 time on Slurm does not count. Baselines (persistence, historical_average) are not trained: one run gives
@@ -22,7 +23,7 @@ from stgnn_launch.profile.chart import bump_chart
 from stgnn_launch.profile.config import StudyConfig
 from stgnn_launch.profile.curve import predict_final
 from stgnn_launch.profile.rank import kendall_tau, order
-from stgnn_launch.profile.runner import run_all
+from stgnn_launch.profile.runner import finished, run_all, stopped_part_way
 from stgnn_launch.train.record import write_json_atomic
 
 # (overrides, candidate or None) -> validated training Config, composed from conf/ like stgnn-train's.
@@ -148,7 +149,8 @@ def _halving(candidates: list[Candidate], trainable: dict[str, bool], base: list
         for c in alive:
             cfg = make_config(base + [f"trainer.max_epochs={rung_epochs}", *overrides[c.label]], c)
             run_dir = out_dir / f"rung{k}" / c.label
-            if k and not (run_dir / "config.yaml").is_file():
+            cfg.run_dir = str(run_dir)
+            if k and not finished(cfg, run_dir) and not stopped_part_way(cfg, run_dir):
                 _continue_from(out_dir / f"rung{k - 1}" / c.label, run_dir, cfg)
             jobs.append((cfg, run_dir))
         rung = {}
@@ -193,8 +195,8 @@ def _continue_from(previous: Path, run_dir: Path, cfg: Config) -> None:
     from stgnn_launch.train import checkpoint
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(checkpoint.checkpoint_dir(previous), checkpoint.checkpoint_dir(run_dir), dirs_exist_ok=True)
-    cfg.run_dir = str(run_dir)
+    shutil.rmtree(checkpoint.checkpoint_dir(run_dir), ignore_errors=True)  # another config's (an earlier study's)
+    shutil.copytree(checkpoint.checkpoint_dir(previous), checkpoint.checkpoint_dir(run_dir))
     save_run_config(cfg, run_dir)
 
 
