@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from stgnn_launch.profile import halving
+from stgnn_launch.profile.curve import predict_final
 from stgnn_launch.profile.rank import kendall_tau, order
 from stgnn_launch.profile.study import refit
 
@@ -100,6 +102,69 @@ def summarize(runs: dict[str, list[dict]], representative: str) -> dict:
     return out
 
 
+def replay_pair(run: dict, epochs: int, eta: int = 2) -> dict:
+    """Both methods at the budget of `epochs` profiling epochs per trained candidate, replayed on one finished
+    curve-method pair's recorded profiling curves (nothing trains): the curve method fitted to their first
+    `epochs` points; successive halving (profile/halving.py) with that budget, its rung MAE the best epoch so
+    far. None for halving when its schedule needs more epochs than were recorded. Cost: each candidate's
+    recorded profiling wall time prorated by the epochs it would train (so a run's fixed setup and test
+    time are prorated too), plus the baselines' one run, over the full runs' wall time; and the same in
+    epochs x windows over the full runs' epochs."""
+    models, full = run["models"], run["full_val_mae"]
+    learners = {label: m for label, m in models.items() if m["trainable"]}
+    baselines = {label: m["predicted_mae"] for label, m in models.items() if not m["trainable"]}
+    share = next(iter(learners.values()))["train_share"] if learners else 1.0
+    recorded = min((len(m["val_mae_curve"]) for m in learners.values()), default=0)
+    full_units = sum(m.get("full_epochs", run["budget"]["full_epochs"]) for m in learners.values())
+    fixed_s = sum(m["profile_cost_s"] for m in models.values() if not m["trainable"])
+
+    def cost(trained: dict[str, int]) -> tuple[float, float]:
+        wall = fixed_s + sum(learners[l]["profile_cost_s"] * e / len(learners[l]["val_mae_curve"])
+                             for l, e in trained.items())
+        return wall / run["full_cost_s"], sum(trained.values()) * share / full_units
+
+    out: dict = {"epochs": epochs, "budget_epochs": epochs * len(learners)}
+    if epochs <= recorded:
+        predicted = dict(baselines)
+        for label, m in learners.items():
+            curve = m["val_mae_curve"][:epochs]
+            fit = predict_final([(i + 1) * m["train_share"] for i in range(epochs)], curve,
+                                at=float(run["budget"]["full_epochs"]), form=run["budget"].get("curve", "auto"))
+            predicted[label] = fit.predicted
+        wall, units = cost({label: epochs for label in learners})
+        out["curve"] = {"tau": kendall_tau(predicted, full), "cost_fraction": wall, "epoch_fraction": units,
+                        "ranking": order(predicted)}
+    plan = halving.schedule(len(learners), epochs * len(learners), eta)
+    if plan and plan[-1][1] <= recorded:
+        played = halving.replay({l: m["val_mae_curve"] for l, m in learners.items()}, plan, baselines)
+        wall, units = cost(played["epochs"])
+        out["halving"] = {"tau": kendall_tau({l: float(i) for i, l in enumerate(played["ranking"])}, full),
+                          "cost_fraction": wall, "epoch_fraction": units, "ranking": played["ranking"],
+                          "rungs": [[n, e] for n, e in plan]}
+    return out
+
+
+def replay_table(runs: dict[str, list[dict]], budgets: list[int], seeds: list[int], command: str) -> tuple[dict, str]:
+    """Per dataset, seed and budget: both methods' tau against full training and their cost fractions."""
+    found: dict = {}
+    lines = [f"Command: `{command}` (a replay on the recorded profiling curves: nothing trained)", "",
+             "| dataset | seed | epochs per model (budget) | curve tau | curve cost (wall / epochs) "
+             "| halving rungs (models x epochs) | halving tau | halving cost (wall / epochs) |",
+             "|---|---:|---|---:|---|---|---:|---|"]
+    for dataset, pairs in runs.items():
+        for seed, run in zip(seeds, pairs):
+            for epochs in budgets:
+                r = replay_pair(run, epochs)
+                found.setdefault(dataset, {}).setdefault(f"seed{seed}", {})[str(epochs)] = r
+                c, h = r.get("curve"), r.get("halving")
+                tau = lambda m: "n/a" if m is None or m["tau"] is None else f"{m['tau']:.2f}"  # noqa: E731
+                fr = lambda m: "n/a" if m is None else f"{m['cost_fraction']:.3f} / {m['epoch_fraction']:.3f}"  # noqa: E731
+                rungs = ", ".join(f"{n} x {e}" for n, e in h["rungs"]) if h else "n/a"
+                lines.append(f"| {dataset} | {seed} | {epochs} ({r['budget_epochs']}) | {tau(c)} | {fr(c)} | "
+                             f"{rungs} | {tau(h)} | {fr(h)} |")
+    return found, "\n".join(lines) + "\n"
+
+
 def _fmt(value: dict[str, float | None], digits: int = 2) -> str:
     if value["mean"] is None:
         return "n/a"
@@ -136,6 +201,9 @@ def main() -> None:
                         help="start nothing: summarize the (dataset, seed) runs already finished")
     parser.add_argument("--refit", action="store_true",
                         help="with --collect: predict again from the finished pairs' stored curves (nothing trains)")
+    parser.add_argument("--replay", type=int, nargs="*", metavar="EPOCHS",
+                        help="with --collect: curve vs successive halving replayed on the finished pairs' recorded "
+                             "profiling curves at these profiling epochs per model (writes replay.json, replay.md)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.refit and not args.collect:
@@ -150,8 +218,18 @@ def main() -> None:
     runs = {d: found for d, found in runs.items() if found}
     if args.representative not in runs:
         raise SystemExit(f"--representative {args.representative}: no finished run to compare with")
-    summary = summarize(runs, args.representative)
     command = "python benchmarks/profile_study.py " + " ".join(sys.argv[1:])
+    if args.replay:
+        if not args.collect:
+            raise SystemExit("--replay: expected together with --collect (it replays finished pairs)")
+        if any(len(found) != len(args.seeds) for found in runs.values()):
+            raise SystemExit("--replay: expected every seed of every dataset finished")
+        found, table = replay_table(runs, args.replay, args.seeds, command)
+        (args.out / "replay.json").write_text(json.dumps({"command": command, "datasets": found}, indent=1) + "\n")
+        (args.out / "replay.md").write_text(table)
+        print(table)
+        return
+    summary = summarize(runs, args.representative)
     (args.out / "study.json").write_text(json.dumps({"command": command, "datasets": summary}, indent=1) + "\n")
     table = markdown(summary, args.representative, command)
     (args.out / "study.md").write_text(table)

@@ -44,7 +44,18 @@ def test_an_extrapolation_less_certain_than_its_gain_is_shrunk_to_what_was_seen(
     assert min(y) - 0.05 < fit.predicted <= min(y)
     gain = min(y) - fit.extrapolated
     assert fit.predicted == pytest.approx(min(y) - gain ** 3 / (gain ** 2 + fit.extrapolated_std ** 2))
-    assert fit.std == pytest.approx(fit.extrapolated_std * fit.weight ** 0.5)
+    trend = (min(y[:2]) - min(y)) * (10.0 - 2.0) / (2.0 - 1.0)  # the recent fall, continued linearly to the end
+    assert fit.trend == pytest.approx(trend)
+    assert fit.std == pytest.approx(max(fit.extrapolated_std * fit.weight ** 0.5, (1 - fit.weight) * trend))
+
+
+def test_a_flat_short_curve_does_not_claim_certainty():
+    # Graph WaveNet on the Montevideo bus, seed 0: flat after four half-epochs, 0.420 after ten epochs.
+    y = [0.570, 0.546, 0.534, 0.548]
+    fit = predict_final([0.5, 1.0, 1.5, 2.0], y, at=10.0)
+    assert fit.predicted == pytest.approx(min(y), abs=0.01)  # no gain the fit can support: what was seen
+    assert fit.std == pytest.approx(0.096, abs=0.002)  # but not certain: the recent trend leaves ~0.1 open
+    assert fit.predicted - 2 * fit.std < 0.420  # the truth, 0.11 lower, inside two of them
 
 
 @pytest.mark.parametrize("function, params, form", [

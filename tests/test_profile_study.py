@@ -47,3 +47,27 @@ def test_summary_orders_taus_and_spreads():
 def test_chickenpox_has_no_historical_average():
     assert "historical_average" not in profile_study.models_for("chickenpox")
     assert profile_study.models_for("losloop") == profile_study.MODELS
+
+
+def test_replay_curve_vs_halving_at_equal_budgets():
+    # four trained models with 4 recorded half-epochs each, one baseline; full training 10 epochs each
+    curves = {"slow": [5.0, 4.0, 3.0, 1.0], "fast": [2.0, 1.9, 1.85, 1.8], "bad": [6.0, 5.0, 5.5, 5.2],
+              "mid": [3.0, 2.5, 2.4, 2.3]}
+    models = {label: {"trainable": True, "val_mae_curve": c, "train_share": 0.5, "profile_cost_s": 40.0,
+                      "full_epochs": 10} for label, c in curves.items()}
+    models["persistence"] = {"trainable": False, "predicted_mae": 2.2, "profile_cost_s": 1.0}
+    full = {"slow": 0.5, "fast": 1.7, "mid": 2.1, "persistence": 2.2, "bad": 4.0}
+    run = {"models": models, "full_val_mae": full, "full_cost_s": 1001.0,
+           "budget": {"full_epochs": 10, "curve": "auto"}}
+    r = profile_study.replay_pair(run, 3)
+    assert r["budget_epochs"] == 12
+    assert r["halving"]["rungs"] == [[4, 2], [2, 4]]
+    assert r["halving"]["ranking"] == ["fast", "persistence", "mid", "slow", "bad"]  # slow cut at rung 0
+    # cost: 2 + 2 + 4 + 4 of 4 recorded epochs at 40 s each, plus the baseline's 1 s, over the full 1001 s
+    assert r["halving"]["cost_fraction"] == pytest.approx((40 * 12 / 4 + 1) / 1001)
+    assert r["halving"]["epoch_fraction"] == pytest.approx(12 * 0.5 / 40) == r["curve"]["epoch_fraction"]
+    assert r["curve"]["cost_fraction"] == pytest.approx((40 * 3 * 4 / 4 + 1) / 1001)
+    assert -1 <= r["curve"]["tau"] <= 1 and r["halving"]["tau"] < 1  # slow, truly first, ranked fourth
+    assert "halving" not in profile_study.replay_pair(run, 4)  # its last rung would need 6 recorded epochs
+    found, table = profile_study.replay_table({"x": [run]}, [3], [0], "cmd")
+    assert "| x | 0 | 3 (12) |" in table and "| 4 x 2, 2 x 4 |" in table and found["x"]["seed0"]["3"] == r

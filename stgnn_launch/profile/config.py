@@ -15,6 +15,7 @@ def _check(ok: bool, key: str, expected: str, found: Any) -> None:
 
 
 CURVES = ("auto", "inverse_power", "exponential")
+METHODS = ("curve", "halving")
 
 
 @dataclass(kw_only=True)
@@ -28,6 +29,8 @@ class ProfileConfig:
     train_fraction: float = 0.5  # share of the training windows seen per profiling epoch (max_batches_per_epoch)
     budget: Optional[float] = None  # shorthand: the share of full training to spend; sets epochs_fraction
     curve: str = "auto"  # auto (the better fit of both, per model) | inverse_power | exponential
+    method: str = "curve"  # curve (extrapolate each short curve) | halving (successive halving, profile/halving.py)
+    eta: int = 2  # halving: each rung keeps the best ceil(1/eta) of the candidates
     full: bool = False  # also train every candidate to convergence and compare the orders (Kendall's tau)
     reference: Optional[str] = None  # a dataset option (e.g. losloop): full training there, tau vs the target
     reference_overrides: list[str] = field(default_factory=list)  # extra overrides for the reference runs
@@ -43,6 +46,8 @@ class ProfileConfig:
         _check(self.budget is None or 0 < self.budget <= 1, "profile.budget", "a fraction in (0, 1] or null",
                self.budget)
         _check(self.curve in CURVES, "profile.curve", " | ".join(CURVES), self.curve)
+        _check(self.method in METHODS, "profile.method", " | ".join(METHODS), self.method)
+        _check(self.eta >= 2, "profile.eta", "an integer of at least 2", self.eta)
 
     def profile_epochs(self) -> int:
         fraction = self.epochs_fraction if self.budget is None else min(1.0, self.budget / self.train_fraction)

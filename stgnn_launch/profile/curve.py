@@ -14,8 +14,16 @@ Shrinkage. Three parameters fitted to a handful of noisy epochs can extrapolate 
 (on the synthetic set Graph WaveNet's curve 2.83, 2.35, 2.65, 1.70 extrapolated to 0.27 +- 21.9; full
 training reached 1.49). So the predicted *gain* over the best value seen, g = best - fit, is shrunk by its
 own uncertainty s: predicted = best - w g with w = g^2 / (g^2 + s^2), the posterior mean of the gain under
-a Normal(0, g^2) prior (empirical Bayes, no tuned constant); its standard deviation is sqrt(w) s. A
-confident fit keeps its gain (w ~ 1); one whose uncertainty exceeds its gain stays near what was seen.
+a Normal(0, g^2) prior (empirical Bayes, no tuned constant). A confident fit keeps its gain (w ~ 1); one
+whose uncertainty exceeds its gain stays near what was seen.
+
+Its standard deviation. The posterior's own, sqrt(w) s, goes to 0 with w: a short curve that is flat or
+erratic (no gain the fit can support) would claim a certain final value, though more training may still
+lower it a lot (Graph WaveNet on the Montevideo bus: 0.570 0.546 0.534 0.548 over four half-epochs, 0.420
+after ten epochs). So the share of the gain that shrinkage sets aside keeps an uncertainty of its own: the
+curve's recent trend, the fall from the best of its first half to its best, continued linearly to the end
+(t, 0.096 there), and std = max(sqrt(w) s, (1 - w) t). A confident fit keeps its own std; a rejected gain
+reports what the trend leaves open. Predicted values, and so rankings, do not change.
 On the study's nine runs (benchmarks/RESULTS.md, "The profiler's predictor") its Kendall tau against full
 training is higher than the bare extrapolation's on six, equal on three, lower on none.
 """
@@ -62,11 +70,13 @@ class CurveFit:
     extrapolated: float = float("nan")  # the fitted curve's own value at the end (capped at the best seen)
     extrapolated_std: float = float("nan")  # its delta-method standard deviation
     weight: float = 1.0  # w: the share of the extrapolated gain kept
+    trend: float = 0.0  # t: the recent fall continued linearly to the end (the std of a rejected gain)
 
     def as_dict(self) -> dict:
         return {"form": self.form, "params": [float(p) for p in self.params], "predicted": float(self.predicted),
                 "std": float(self.std), "sse": float(self.sse), "extrapolated": float(self.extrapolated),
-                "extrapolated_std": float(self.extrapolated_std), "weight": float(self.weight)}
+                "extrapolated_std": float(self.extrapolated_std), "weight": float(self.weight),
+                "trend": float(self.trend)}
 
 
 def fit_form(form: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +100,10 @@ def predict_final(x: np.ndarray | list[float], y: np.ndarray | list[float], at: 
     """Fit the learning curve (x: progress in full epochs, y: validation MAE) and predict y at `at`."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     best_seen = float(y.min())
+    half = max(1, x.size // 2)
+    span = float(x[-1] - x[half - 1]) if x.size > 1 else 0.0
+    fall = float(y[:half].min()) - best_seen
+    trend = fall * max(float(at) - float(x[-1]), 0.0) / span if span > 0 else 0.0
     fits = []
     for name in (FORMS if form == "auto" and x.size >= 3 else (form,) if x.size >= 3 else ()):
         try:
@@ -101,12 +115,14 @@ def predict_final(x: np.ndarray | list[float], y: np.ndarray | list[float], at: 
         fits.append((sse, name, params, cov, float(function(at, *params)), gradient(at, *params)))
     if not fits:
         std = float(abs(y[-1] - best_seen))
-        return CurveFit("last_value", (best_seen, 0.0, 0.0), best_seen, std, 0.0, best_seen, std, 0.0)
+        return CurveFit("last_value", (best_seen, 0.0, 0.0), best_seen, max(std, trend), 0.0, best_seen,
+                        std, 0.0, trend)
     sse, name, params, cov, value, grad = min(fits, key=lambda fit: fit[0])
     extrapolated = min(value, best_seen)  # full training keeps its best epoch: never worse than seen already
     variance = float(grad @ cov @ grad) if np.all(np.isfinite(cov)) else np.nan
     std = np.sqrt(variance) if np.isfinite(variance) and variance >= 0 else abs(float(y[-1]) - extrapolated)
     gain = best_seen - extrapolated
     weight = gain ** 2 / (gain ** 2 + std ** 2) if gain > 0 else 0.0
-    return CurveFit(name, tuple(float(p) for p in params), best_seen - weight * gain, float(np.sqrt(weight) * std),
-                    sse, extrapolated, float(std), float(weight))
+    honest = max(float(np.sqrt(weight) * std), (1 - weight) * trend)
+    return CurveFit(name, tuple(float(p) for p in params), best_seen - weight * gain, honest, sse, extrapolated,
+                    float(std), float(weight), trend)
