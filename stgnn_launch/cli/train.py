@@ -49,6 +49,7 @@ def launch(cfg: DictConfig) -> int:
     if config.launcher.name == "slurm":
         from stgnn_launch.launch.slurm import submit
 
+        run_lock.release(run_dir)  # the job's rank 0 holds it from its start (this process may wait for the job)
         return submit(config, run_dir)
     if config.gpus > 1 and not in_torchrun():
         from stgnn_launch.launch.local import run_torchrun_locally

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import numpy as np
 import torch
@@ -31,8 +31,10 @@ class Series:
     sensor_ids: list[str]
     graph: SparseGraph | np.ndarray | None = None
     feature_names: list[str] = field(default_factory=list)
+    # False only for a time shard's pieces joined on purpose (each piece was checked as it was read)
+    regular_time: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, regular_time: bool = True) -> None:
         if self.values.ndim != 3 or self.values.dtype not in RESIDENT_DTYPES:
             raise UserError(
                 f"series values: expected a T x N x F float32 (or resident bfloat16/float16) tensor, found shape "
@@ -43,7 +45,8 @@ class Series:
         self.timestamps = np.asarray(self.timestamps).astype("datetime64[ns]")
         if self.timestamps.shape != (t,):
             raise UserError(f"series timestamps: expected {t} (one per step), found {self.timestamps.shape[0]}")
-        check_regular(self.timestamps, "series timestamps")  # every reader's, whatever it checked itself
+        if regular_time:
+            check_regular(self.timestamps, "series timestamps")  # every reader's, whatever it checked itself
         self.sensor_ids = [str(s) for s in self.sensor_ids]
         if len(self.sensor_ids) != n:
             raise UserError(f"series sensor ids: expected {n} (one per column), found {len(self.sensor_ids)}")

@@ -85,11 +85,11 @@ def load_time_shard(dataset: DatasetConfig, prep: PrepareSpec, ctx: DistContext,
     pieces = [load_dataset(dataset, time_range=r) for r in ranges]
     series = pieces[0] if len(pieces) == 1 else Series(
         torch.cat([p.values for p in pieces]), np.concatenate([p.timestamps for p in pieces]),
-        pieces[0].sensor_ids, pieces[0].graph, pieces[0].feature_names)
+        pieces[0].sensor_ids, pieces[0].graph, pieces[0].feature_names, regular_time=False)  # ranges with gaps
     del pieces
     filled = fill_missing(series.values, prep.null_value)
     if dtype != series.values.dtype:  # the resident precision, before the scaler sees the values
-        series = replace(series, values=series.values.to(dtype))
+        series = replace(series, values=series.values.to(dtype), regular_time=len(ranges) == 1)
     owned = local_ranges(owned_scaler_ranges(starts["train"], ctx.rank, ctx.world_size, prep.window), ranges)
     # waits for every rank's load: on the setup group, with the long timeout
     sums = all_reduce_sum(scaler_sums(series.values, owned, prep.null_value), ctx, setup=True)
