@@ -83,6 +83,20 @@ def is_rank_process(cmdline: list[bytes], run_dir: Path) -> bool:
             and str(run_dir).encode() in cmdline)
 
 
+def rank_process_ids(run_dir: Path) -> list[int]:
+    """The pids of every live rank process of `run_dir` (scanned from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if is_rank_process(cmdline, run_dir):
+                pids.append(int(entry.name))
+    return pids
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open() as handle:
         return list(csv.DictReader(handle))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY, is_rank_process
+from helpers import TINY, rank_process_ids
 
 pytestmark = pytest.mark.slow
 
@@ -66,19 +66,6 @@ def test_more_ranks_than_the_node_has_is_a_clear_error(tmp_path):
     assert f"gpus: expected at most {cores} on this node" in out and f"found {cores + 1}" in out
 
 
-def worker_pids(run_dir: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if is_rank_process(cmdline, run_dir):
-                pids.append(int(entry.name))
-    return pids
-
-
 def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path):
     """SIGKILL one rank mid-training; torchrun restarts the ranks, which resume from the last checkpoint."""
     run_dir = tmp_path / "run"
@@ -91,7 +78,7 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes(tmp_path):
     while not last.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert last.exists(), proc.communicate()[0]
-    victims = worker_pids(run_dir)
+    victims = rank_process_ids(run_dir)
     assert len(victims) == 2
     os.kill(victims[1], signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)

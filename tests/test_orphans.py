@@ -11,20 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY, is_rank_process
-
-
-def rank_pids(run_dir: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if is_rank_process(cmdline, run_dir):
-                pids.append(int(entry.name))
-    return pids
+from helpers import TINY, rank_process_ids
 
 
 def alive(pid: int) -> bool:
@@ -51,16 +38,16 @@ def test_sigkill_of_the_launcher_ends_its_ranks(tmp_path):
                                 stdin=subprocess.DEVNULL)
     ranks: list[int] = []
     try:
-        assert wait_until(lambda: len(rank_pids(run_dir)) == 2 and (run_dir / "metrics.csv").exists(), 240), \
+        assert wait_until(lambda: len(rank_process_ids(run_dir)) == 2 and (run_dir / "metrics.csv").exists(), 240), \
             "the two ranks never started training"
-        ranks = rank_pids(run_dir)
+        ranks = rank_process_ids(run_dir)
         launcher.send_signal(signal.SIGKILL)
         launcher.wait()
         assert wait_until(lambda: not any(alive(pid) for pid in ranks), 30), \
             f"ranks {[p for p in ranks if alive(p)]} outlived their launcher"
     finally:
         launcher.kill()
-        for pid in rank_pids(run_dir):  # never leave a rank behind, even when the test fails
+        for pid in rank_process_ids(run_dir):  # never leave a rank behind, even when the test fails
             os.kill(pid, signal.SIGKILL)
 
 

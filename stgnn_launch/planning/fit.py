@@ -39,6 +39,17 @@ def auto_batch_size(cfg: Config, shape: tuple[int, int, int], machine: Machine, 
     return 1
 
 
+def _planned_batch(cfg: Config, shape: tuple[int, int, int], machine: Machine, profile: ActivationProfile,
+                   layout: Layout) -> int:
+    """The per-rank batch a run of this config would use: a global batch's share, auto, or the number."""
+    b = cfg.batching
+    if b.global_batch_size:
+        return b.global_batch_size // layout.world
+    if b.batch_size == "auto":
+        return auto_batch_size(cfg, shape, machine, profile, layout)
+    return int(b.batch_size)
+
+
 def estimate_for(cfg: Config, shape: tuple[int, int, int], machine: Machine, profile: ActivationProfile,
                  world: int | None = None, local_world: int | None = None) -> MemoryEstimate:
     """The estimate at the batch the run will use (auto, a global batch's share, or the given number), with
@@ -46,14 +57,9 @@ def estimate_for(cfg: Config, shape: tuple[int, int, int], machine: Machine, pro
     world = world or cfg.gpus
     layout = planned_layout(cfg, shape, machine, world, local_world)
     b = cfg.batching
-    note = ""
-    if b.global_batch_size:
-        batch = b.global_batch_size // world
-    elif b.batch_size == "auto":
-        batch = auto_batch_size(cfg, shape, machine, profile, layout)
-        note = f"auto: the largest up to batching.max_batch_size={b.max_batch_size} that fits"
-    else:
-        batch = int(b.batch_size)
+    batch = _planned_batch(cfg, shape, machine, profile, layout)
+    note = "" if b.global_batch_size or b.batch_size != "auto" else \
+        f"auto: the largest up to batching.max_batch_size={b.max_batch_size} that fits"
     estimate = estimate_memory(cfg, shape, machine, profile, batch, layout)
     extra = {"batch_note": note}
     if not estimate.fits:
@@ -73,9 +79,7 @@ def suggest(cfg: Config, shape: tuple[int, int, int], machine: Machine, profile:
         dotlist = [o.replace("batching=", "batching.mode=") for o in overrides]
         changed = to_config(OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(dotlist)))
         layout = planned_layout(changed, shape, machine, world, local)
-        size = batch or (changed.batching.global_batch_size // world if changed.batching.global_batch_size
-                         else auto_batch_size(changed, shape, machine, profile, layout)
-                         if changed.batching.batch_size == "auto" else int(changed.batching.batch_size))
+        size = batch or _planned_batch(changed, shape, machine, profile, layout)
         return estimate_memory(changed, shape, machine, profile, size, layout).fits
 
     b = cfg.batching
