@@ -72,8 +72,14 @@ class ModelConfig:
     params: dict = field(default_factory=dict)
     target: Optional[str] = None  # model=custom: "pkg.module:Class", "pkg.module.Class" or "path/file.py:Class"
     cell: Optional[str] = None  # model=pyg_recurrent: a PyG-style recurrent cell class, same spellings
+    # A trainable model learns a correction on top of a fitted baseline (models/residual.py): auto (the
+    # historical average where the step has time-of-day slots, else persistence) | historical_average |
+    # persistence | none (the bare network, as published protocols train it)
+    base: str = "auto"
 
     def __post_init__(self) -> None:
+        _check(self.base in ("auto", "historical_average", "persistence", "none"), "model.base",
+               "auto, historical_average, persistence or none", self.base)
         for key, owner in (("target", "custom"), ("cell", "pyg_recurrent")):
             reserved = f"_{key}_"
             path = getattr(self, key) or self.params.get(reserved)
@@ -129,9 +135,17 @@ class BatchingConfig:
         _check(self.shard in ("index", "time"), "batching.shard", "index or time", self.shard)
 
 
+AUTO_MAX_EPOCHS = 500  # max_epochs=auto's ceiling: patience or the time budget end a run long before
+AUTO_TIME_BUDGET_MIN = 5.0  # max_epochs=auto's budget unless trainer.time_budget_min says otherwise
+
+
 @dataclass(kw_only=True)
 class TrainerConfig:
-    max_epochs: int = 1
+    # A number of epochs, or auto: until validation stops improving (patience) or the time budget is spent
+    max_epochs: Any = 1
+    # max_epochs=auto's budget: no epoch starts that would end past this many minutes of training (resumed
+    # attempts count); null: AUTO_TIME_BUDGET_MIN. A number of epochs runs them all (early stopping aside).
+    time_budget_min: Optional[float] = None
     lr: float = 1e-3
     adam_eps: float = 1e-8  # Adam's epsilon (torch's default; DCRNN's published protocol uses 1e-3)
     weight_decay: float = 0.0
@@ -159,8 +173,23 @@ class TrainerConfig:
     # accuracy 1 - ||Y - Ŷ||_F / ||Y||_F, as results.json's val_pooled / test_pooled keyed by minutes.
     pooled_steps: list[int] = field(default_factory=list)
 
+    @property
+    def epoch_limit(self) -> int:
+        return AUTO_MAX_EPOCHS if self.max_epochs == "auto" else self.max_epochs
+
+    @property
+    def budget_s(self) -> float | None:
+        """max_epochs=auto's time budget in seconds; None for a number of epochs."""
+        if self.max_epochs != "auto":
+            return None
+        return 60.0 * (AUTO_TIME_BUDGET_MIN if self.time_budget_min is None else self.time_budget_min)
+
     def __post_init__(self) -> None:
-        _check(self.max_epochs >= 1, "trainer.max_epochs", "a positive integer", self.max_epochs)
+        _check(self.max_epochs == "auto" or (isinstance(self.max_epochs, int) and not isinstance(self.max_epochs, bool)
+                                             and self.max_epochs >= 1),
+               "trainer.max_epochs", "a positive integer or auto", self.max_epochs)
+        _check(self.time_budget_min is None or self.time_budget_min > 0, "trainer.time_budget_min",
+               "a positive number of minutes or null", self.time_budget_min)
         _check(self.lr > 0, "trainer.lr", "a positive learning rate", self.lr)
         _check(self.lr_scaling in ("none", "linear", "sqrt"), "trainer.lr_scaling", "none, linear or sqrt",
                self.lr_scaling)

@@ -31,13 +31,14 @@ from stgnn_launch import run_lock
 from stgnn_launch.errors import UserError
 from stgnn_launch.models.checkpointing import enable_activation_checkpointing
 from stgnn_launch.models.registry import ModelSpec, build_model, model_class
+from stgnn_launch.models.residual import with_base
 from stgnn_launch.planning.estimate import SIDE_BASELINE_READINGS
 from stgnn_launch.planning.machine import Machine
 from stgnn_launch.planning.plan import Plan, apply_threads, make_plan
 from stgnn_launch.train.metrics import MetricSums, mape_alarms, mape_threshold_facts
 from stgnn_launch.train.preemption import Preempted
 from stgnn_launch.train.record import FAILED, RESULTS, clear_outcome, git_sha, peak_rss_bytes, write_json_atomic
-from stgnn_launch.train.runlog import RunLog, missing_line, model_label, startup_block
+from stgnn_launch.train.runlog import RunLog, base_note, epochs_line, missing_line, model_label, startup_block
 from stgnn_launch.train.trainer import Trainer, fit_baseline, seed_everything
 from stgnn_launch import rundir
 
@@ -90,6 +91,10 @@ def model_spec(prepared: Prepared, graph: SparseGraph) -> ModelSpec:
                      graph=graph, steps_per_day=prepared.steps_per_day, tod_channel=prepared.tod_channel)
 
 
+def _train_readings(prepared: Prepared) -> int:
+    return prepared.values[:int(prepared.starts["train"][-1]) + prepared.window].numel()
+
+
 def build_baselines(cfg: Config, plan: Plan, prepared: Prepared, spec: ModelSpec,
                     device: torch.device) -> dict[str, nn.Module]:
     """Persistence always, and the historical average where the step has time-of-day slots, scored on the
@@ -101,7 +106,7 @@ def build_baselines(cfg: Config, plan: Plan, prepared: Prepared, spec: ModelSpec
         baselines["persistence"] = Persistence(spec).to(device)
     # Its fit is a pass with full-size temporaries over the training range: beside the model only where that
     # stays small (a year of PeMS would add GBs per rank); model=historical_average itself always fits.
-    small = prepared.values[:int(prepared.starts["train"][-1]) + prepared.window].numel() <= SIDE_BASELINE_READINGS
+    small = _train_readings(prepared) <= SIDE_BASELINE_READINGS
     if prepared.has_slots and small and plan.shard != "time" and cfg.model.name != "historical_average":
         average = HistoricalAverage(spec).to(device)
         fit_baseline(average, prepared)
@@ -131,9 +136,11 @@ def build_pipeline(cfg: Config, plan: Plan, ctx: DistContext) -> Pipeline:
         raise UserError(f"model={cfg.model.name}: expected a series whose step divides a day, with the time-of-day "
                         f"covariate (dataset.covariates), found a step of {facts['step']}")
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)  # same initial weights on every rank
-    model = build_model(cfg.model.name, spec, dict(cfg.model.params)).to(plan.compute_device)
+    model = build_model(cfg.model.name, spec, dict(cfg.model.params))
     enable_activation_checkpointing(model, cfg.trainer.activation_checkpointing)  # read by the models' steps
-    if not getattr(model, "trainable", True):
+    model = with_base(model, cfg.model.base, spec, prepared.has_slots and plan.shard != "time"
+                      and _train_readings(prepared) <= SIDE_BASELINE_READINGS).to(plan.compute_device)
+    if not getattr(model, "trainable", True) or getattr(model, "fits_on_train", False):
         fit_baseline(model, prepared)
     baselines = build_baselines(cfg, plan, prepared, spec, plan.compute_device)
     source = build_source(plan.mode, prepared, plan.data_device, plan.compute_device)
@@ -193,7 +200,8 @@ def startup_facts(cfg: Config, plan: Plan, ctx: DistContext, pipe: Pipeline, run
         "windows": ", ".join(f"{k} {v}" for k, v in f["windows"].items()),
         "missing": missing_line(f, pipe.prepared.null_value),
         "MAPE over": f"|y| > {f['mape_threshold']:g} ({f['mape_threshold_rule']})",
-        "model": f"{model_label(cfg.model)}, {params:,} parameters",
+        "model": f"{model_label(cfg.model)}, {params:,} parameters" + base_note(pipe.model),
+        "epochs": epochs_line(cfg.trainer),
         "batching": f"{plan.mode}, data on {where} as {str(plan.series_dtype).replace('torch.', '')}, "
                     f"prefetch {'on' if plan.prefetch else 'off'}",
         "ranks": f"{ctx.world_size} ({ctx.backend or 'single process'}), compute on {plan.compute_device}, "

@@ -112,6 +112,19 @@ def model_label(model: Any) -> str:
     return f"{path} (model={model.name})" if path else model.name
 
 
+def base_note(model: Any) -> str:
+    """How a network on a fitted baseline (model.base) says so; nothing for a bare one."""
+    base = getattr(model, "base_name", None)
+    return f", learning a correction to {base.replace('_', ' ')} (model.base)" if base else ""
+
+
+def epochs_line(trainer: Any) -> str:
+    if trainer.max_epochs != "auto":
+        return f"{trainer.max_epochs}, early stopping after {trainer.patience} without a better validation MAE"
+    return (f"auto: until {trainer.patience} epochs bring no better validation MAE, or after "
+            f"{trainer.budget_s / 60:g} min (trainer.time_budget_min)")
+
+
 def startup_block(facts: dict[str, Any]) -> str:
     """One aligned block of what this run is, printed by rank 0 before the first batch."""
     width = max(len(k) for k in facts) + 1

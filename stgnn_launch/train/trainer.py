@@ -302,8 +302,9 @@ class Trainer:
             self.stop.uninstall()
 
     def _epochs(self) -> None:
-        for epoch in range(self.start_epoch, self.trainer_cfg.max_epochs + 1):
-            if self.bad_epochs >= self.trainer_cfg.patience:
+        budget_s = self.trainer_cfg.budget_s
+        for epoch in range(self.start_epoch, self.trainer_cfg.epoch_limit + 1):
+            if self.bad_epochs >= self.trainer_cfg.patience or self._budget_spent(budget_s):
                 break
             stats = self.train_epoch(epoch)
             check_finite_loss(stats, self.plan.lr)  # before its checkpoint: earlier ones stay as they were
@@ -321,6 +322,20 @@ class Trainer:
             self._save(epoch, improved)
             if self.bad_epochs >= self.trainer_cfg.patience:
                 self.log.info(f"early stopping: no better validation MAE for {self.bad_epochs} epochs")
+
+    def _budget_spent(self, budget_s: float | None) -> bool:
+        """True when one more epoch, as long as the last one, would end past the time budget (the first epoch
+        always runs). The same answer on every rank: rank 0's clock decides."""
+        if budget_s is None or not self.history:
+            return False
+        used = self.run_wall_time_s()
+        spent = torch.tensor(float(used + self.history[-1]["epoch_time_s"] > budget_s))
+        if self.ctx.distributed:
+            dist.broadcast(spent, 0, group=self.ctx.control)
+        if spent.item():
+            self.log.info(f"time budget: stopping after epoch {self.history[-1]['epoch']} ({used / 60:.1f} of "
+                          f"{budget_s / 60:g} min used; trainer.time_budget_min)")
+        return bool(spent.item())
 
     def load_best(self, required: bool = False) -> None:
         """The best epoch's weights (by validation MAE); `required` for evaluating a finished run. A run that
