@@ -122,3 +122,16 @@ def test_auto_epochs_stop_on_the_time_budget_and_a_number_runs_them_all(tmp_path
     assert "epochs:     auto: until 10 epochs bring no better validation MAE, or after 0.0001 min" in out
     record = train(tmp_path / "fixed", *small, "trainer.max_epochs=3", "trainer.time_budget_min=0.0001")
     assert len(record["epochs"]) == 3
+
+
+def test_a_run_saved_before_model_base_reads_back_as_the_bare_network(tmp_path):
+    from omegaconf import OmegaConf
+
+    from stgnn_launch.config.load import load_run_config, save_run_config
+
+    path = save_run_config(compose_config(), tmp_path)
+    saved = OmegaConf.load(path)
+    assert saved.model.base == "auto"
+    del saved.model["base"]  # as a config.yaml written before the key existed
+    path.write_text(OmegaConf.to_yaml(saved))
+    assert load_run_config(tmp_path).model.base == "none"  # what that run trained: its checkpoint loads

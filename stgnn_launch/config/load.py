@@ -44,8 +44,16 @@ def with_overrides(cfg: Config, overrides: list[str]) -> Config:
     return to_config(OmegaConf.merge(OmegaConf.create(asdict(cfg)), dotlist))
 
 
+def as_written(saved: DictConfig) -> DictConfig:
+    """A saved config.yaml read as the run that wrote it trained: one from before model.base existed trained
+    the bare network (the schema's default now puts it on a fitted baseline)."""
+    if "model" in saved and "base" not in saved.model:
+        saved.model.base = "none"
+    return saved
+
+
 def load_run_config(run_dir: Path) -> Config:
     path = run_dir / RUN_CONFIG
     if not path.is_file():
         raise UserError(f"run directory {run_dir}: expected {RUN_CONFIG} written by stgnn-train, found none")
-    return to_config(OmegaConf.load(path))
+    return to_config(as_written(OmegaConf.load(path)))

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from stgnn_launch.config.load import RUN_CONFIG, to_config
+from stgnn_launch.config.load import RUN_CONFIG, as_written, to_config
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
 
@@ -25,7 +25,7 @@ class ResumeRefused(UserError):
 
 # A key is allowed to change if it equals one of these or lies under one ending in ".".
 HARMLESS = (
-    "trainer.max_epochs", "trainer.patience", "trainer.resume", "trainer.log_every_s", "trainer.progress",
+    "trainer.max_epochs", "trainer.time_budget_min", "trainer.patience", "trainer.resume", "trainer.log_every_s", "trainer.progress",
     "trainer.tensorboard", "trainer.save_predictions", "trainer.checkpoint_every_min", "trainer.max_eval_batches",
     "trainer.pooled_steps", "trainer.num_threads", "batching.prefetch", "batching.prefetch_depth",
     "batching.device", "batching.eval_batch_size", "metrics.", "launcher.", "gpus", "run_dir",
@@ -58,7 +58,7 @@ def check_resume(new: Config, run_dir: Path) -> None:
     if not new.trainer.resume or not path.is_file():
         return
     try:
-        old = to_config(OmegaConf.load(path))
+        old = to_config(as_written(OmegaConf.load(path)))
     except UserError as err:
         raise ResumeRefused(f"trainer.resume: expected the run's own {path} to be readable, found: {err}") from None
     changes = changed_keys(old, new)
