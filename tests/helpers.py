@@ -53,7 +53,9 @@ def compose_config(*overrides: str):
     return to_config(cfg)
 
 
-TINY_DATA = ("dataset.num_nodes=10", "dataset.num_steps=700", "batching.batch_size=16", "trainer.progress=false")
+# Two epochs unless a test says otherwise (what the defaults were before max_epochs=auto): a tiny run stays short.
+TINY_DATA = ("dataset.num_nodes=10", "dataset.num_steps=700", "batching.batch_size=16", "trainer.progress=false",
+             "trainer.max_epochs=2")
 
 # Small hyperparameters per model, so that end-to-end tests stay fast on two cores.
 TINY_PARAMS = {
