@@ -17,9 +17,9 @@ import torch
 
 from helpers import TINY_DATA, compose_config, shared_file, tiny
 from stgnn_launch.errors import UserError
-from stgnn_launch.models.baselines import HistoricalAverage, Persistence
+from stgnn_launch.models.baselines import Persistence
 from stgnn_launch.models.registry import ModelSpec, build_model
-from stgnn_launch.models.residual import BaselineResidual, with_base
+from stgnn_launch.models.residual import BaselineResidual, FittedBlend, with_base
 from stgnn_launch.train.run import run_training
 
 
@@ -90,26 +90,43 @@ def spec(slots: int = 288) -> ModelSpec:
                      graph=SparseGraph.from_dense(adjacency.numpy()), steps_per_day=slots, tod_channel=1)
 
 
-def test_the_forecast_is_the_baseline_plus_the_network():
+def test_the_forecast_is_the_fitted_blend_plus_the_gated_network():
     torch.manual_seed(0)
     s = spec()
     network = build_model("tgcn", s, {"hidden": 8})
-    model = with_base(network, "auto", s, average_fits=True)
-    assert isinstance(model, BaselineResidual) and isinstance(model.base, HistoricalAverage)
-    values = torch.randn(600, 5, 1)
-    slots = torch.arange(600) % 288
-    model.fit(values, torch.ones_like(values, dtype=torch.bool), slots)
+    model = with_base(network, "auto", s, has_slots=True, fits=True)
+    assert isinstance(model, BaselineResidual) and isinstance(model.base, FittedBlend)
+    # A series = noise that keeps 0.6 of itself over 2 steps + a daily pattern: for output step 2 the best
+    # linear forecast is 0.6 x the last reading + 0.4 x the pattern (which the historical average reads).
+    steps = 288 * 40
+    noise = torch.zeros(steps, 5, 1)
+    shocks = torch.randn(steps, 5, 1)
+    for i in range(2, steps):
+        noise[i] = 0.6 * noise[i - 2] + shocks[i]
+    t = torch.arange(steps)
+    values = noise + 3 * torch.sin(2 * torch.pi * t / 288).view(-1, 1, 1)
+    model.fit(values, torch.ones_like(values, dtype=torch.bool), t % 288)
+    a, b, c = model.base.coef[:, 1]  # output step 2
+    assert torch.allclose(a, torch.full_like(a, 0.6), atol=0.03), a.flatten()
+    assert torch.allclose(b, torch.full_like(b, 0.4), atol=0.05), b.flatten()
+    assert torch.allclose(c, torch.zeros_like(c), atol=0.05), c.flatten()
     x = torch.randn(3, 6, 5, 2)
     x[..., 1] = torch.rand(3, 1, 5).expand(3, 6, 5)  # a time-of-day fraction channel
-    assert torch.equal(model(x), model.base(x) + network(x))
-    # without time-of-day slots (or too large to fit beside the model) auto falls back to persistence
-    assert isinstance(with_base(build_model("tgcn", s, {"hidden": 8}), "auto", s, average_fits=False).base, Persistence)
-    with pytest.raises(UserError, match="model.base: expected a base that can be fitted here"):
-        with_base(build_model("tgcn", s, {"hidden": 8}), "historical_average", s, average_fits=False)
+    assert torch.equal(model(x), model.base(x))  # the gate starts at 0: the first forecast is the blend
+    with torch.no_grad():
+        model.gate.fill_(0.5)
+    assert torch.equal(model(x), model.base(x) + 0.5 * network(x))
+    # without time-of-day slots the blend has no historical-average term; where nothing can be fitted
+    # (time-sharded, too large) auto trains the bare network
+    assert with_base(build_model("tgcn", s, {"hidden": 8}), "auto", s, has_slots=False, fits=True).base.average is None
     bare = build_model("tgcn", s, {"hidden": 8})
-    assert with_base(bare, "none", s, average_fits=True) is bare
+    assert with_base(bare, "auto", s, has_slots=True, fits=False) is bare
+    assert with_base(bare, "none", s, has_slots=True, fits=True) is bare
+    assert isinstance(with_base(bare, "persistence", s, has_slots=False, fits=False).base, Persistence)
+    with pytest.raises(UserError, match="model.base: expected a base that can be fitted here"):
+        with_base(bare, "historical_average", s, has_slots=False, fits=True)
     baseline = build_model("persistence", s, {})
-    assert with_base(baseline, "auto", s, average_fits=True) is baseline  # a baseline is not wrapped
+    assert with_base(baseline, "auto", s, has_slots=True, fits=True) is baseline  # a baseline is not wrapped
 
 
 def test_auto_epochs_stop_on_the_time_budget_and_a_number_runs_them_all(tmp_path, capsys):
@@ -118,7 +135,7 @@ def test_auto_epochs_stop_on_the_time_budget_and_a_number_runs_them_all(tmp_path
     out = capsys.readouterr().out
     assert len(record["epochs"]) == 1  # the first epoch always runs; the budget stops before the second
     assert "time budget: stopping after epoch 1" in out
-    assert "learning a correction to historical average (model.base)" in out
+    assert "learning a correction to a fitted blend of persistence, the historical average and the mean (model.base)" in out
     assert "epochs:     auto: until 10 epochs bring no better validation MAE, or after 0.0001 min" in out
     record = train(tmp_path / "fixed", *small, "trainer.max_epochs=3", "trainer.time_budget_min=0.0001")
     assert len(record["epochs"]) == 3

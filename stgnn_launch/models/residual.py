@@ -1,53 +1,121 @@
-"""A learned correction on top of a fitted baseline: forecast = baseline(x) + network(x).
+"""A learned correction on top of a fitted baseline: forecast = base(x) + gate * network(x).
 
-Why: on data nobody tuned for, a network trained for a few epochs can lose to the historical average (a
-daily timetable read exactly) or to persistence; started on top of the better of them, it only has to learn
-what they miss, and early stopping on validation keeps what it learned only where it helps. `model.base`
-picks the baseline: `auto` (the historical average where the step has time-of-day slots, persistence
-otherwise), `historical_average`, `persistence` or `none` (the bare network, as the published protocols
-train it; their presets set it).
+Why: on data nobody tuned for, a network trained for a few minutes can lose to the historical average (a
+daily timetable read exactly), to persistence (slow traffic changes) or to the plain mean (noisy weekly
+counts); which of them is hard to beat differs by dataset. `model.base=auto` fits, on the training range
+only, the least-squares blend of the three per node and output step (`FittedBlend`), and the network learns
+what the blend misses. The gate starts at 0, so the first forecast is the blend itself; Adam moves it and the
+network from the first step. `historical_average` / `persistence` put the network on that baseline alone;
+`none` trains the bare network, as the published protocols do (their presets set it).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from stgnn_launch.errors import UserError
-from stgnn_launch.models.baselines import HistoricalAverage, Persistence
+from stgnn_launch.models.baselines import ArrayLike, HistoricalAverage, Persistence
+from stgnn_launch.models.host_state import HostState
 from stgnn_launch.models.registry import ModelSpec
 
-BASES = ("auto", "historical_average", "persistence", "none")
+RIDGE = 1e-3  # keeps the 3 x 3 normal equations of a sensor with few readings solvable
+_CHUNK = 8192  # training steps per accumulation pass: bounded memory on year-long series
 
 
-def with_base(model: nn.Module, choice: str, spec: ModelSpec, average_fits: bool) -> nn.Module:
-    """`model` on top of the baseline `choice` names; a baseline model, or `none`, as it is.
-    `average_fits`: the step has time-of-day slots and the training range is small enough to fit the
-    historical average beside the model (train/run.py's rule for the side baselines)."""
-    if choice == "none" or not getattr(model, "trainable", True):
-        return model
-    if choice == "auto":
-        choice = "historical_average" if average_fits else "persistence"
-    elif choice == "historical_average" and not average_fits:
-        raise UserError("model.base: expected a base that can be fitted here, found historical_average on a series "
-                        "without time-of-day slots, time-sharded or too large to fit beside the model; use "
-                        "persistence, auto or none")
-    return BaselineResidual(model, choice, spec)
+class FittedBlend(HostState):
+    """a * persistence + b * historical average + c, per output step, node and feature, fitted by least
+    squares on the training range's (last input, target) pairs; without time-of-day slots, b = 0."""
+
+    trainable = False
+
+    def __init__(self, spec: ModelSpec, with_average: bool):
+        super().__init__()
+        self.horizon, self.out_features = spec.horizon, spec.out_features
+        self.average = HistoricalAverage(spec) if with_average else None
+        self.register_buffer("coef", torch.zeros(3, spec.horizon, spec.num_nodes, spec.out_features))
+        self.fitted = False
+
+    host_state = (("fitted", bool),)
+
+    @torch.no_grad()
+    def fit(self, train_values: ArrayLike, train_observed: ArrayLike, train_slots: ArrayLike | None) -> None:
+        values = torch.as_tensor(train_values)
+        observed = torch.as_tensor(train_observed, dtype=torch.bool)
+        if self.average is not None:
+            self.average.fit(train_values, train_observed, train_slots)
+        slots = None if self.average is None else torch.as_tensor(train_slots, dtype=torch.long)
+        for h in range(1, self.horizon + 1):
+            gram = torch.zeros(values.shape[1:] + (3, 3), dtype=torch.float64)
+            moment = torch.zeros(values.shape[1:] + (3,), dtype=torch.float64)
+            for start in range(0, max(0, values.shape[0] - h), _CHUNK):
+                t = torch.arange(start, min(start + _CHUNK, values.shape[0] - h))
+                features = self._features(values[t].double(), None if slots is None else slots[t], h)  # t x N x F x 3
+                target, weight = values[t + h].double(), observed[t + h].double()
+                features = features * weight.unsqueeze(-1)  # a missing target does not count
+                gram += torch.einsum("tnfi,tnfj->nfij", features, features)
+                moment += torch.einsum("tnfi,tnf->nfi", features, torch.where(observed[t + h], target, 0.0))
+            gram += RIDGE * torch.eye(3, dtype=torch.float64)
+            self.coef[:, h - 1] = torch.linalg.solve(gram, moment).permute(2, 0, 1).to(self.coef.dtype)
+        self.fitted = True
+
+    def _features(self, last: Tensor, slots: Tensor | None, h: int) -> Tensor:
+        """[last reading, historical average h steps on (0 without slots), 1] for each step of `last`."""
+        if slots is None:
+            average = torch.zeros_like(last)
+        else:
+            days = self.average.steps_per_day
+            average = self.average.table.double()[(slots + h) % days]  # t x N x F
+        return torch.stack([last, average, torch.ones_like(last)], dim=-1)
+
+    def forward(self, x: Tensor, targets: Tensor | None = None) -> Tensor:
+        if not self.fitted:
+            raise RuntimeError("fitted blend: call fit(...) before predicting")
+        last = x[:, -1:, :, : self.out_features]  # B x 1 x N x F
+        a, b, c = self.coef  # each H x N x F
+        forecast = a * last + c
+        if self.average is not None:
+            forecast = forecast + b * self.average(x)
+        return forecast
 
 
 class BaselineResidual(nn.Module):
-    """`network`'s output is added to `base`'s (both z-scored, B x H x N x F_out)."""
+    """`network`'s output, scaled by a gate that starts at 0, added to `base`'s (both z-scored)."""
 
     trainable = True
-    fits_on_train = True  # the trainer calls fit(...) on the training range before the first step
 
-    def __init__(self, network: nn.Module, base: str, spec: ModelSpec):
+    def __init__(self, network: nn.Module, base: nn.Module, base_name: str):
         super().__init__()
         self.network = network
-        self.base = HistoricalAverage(spec) if base == "historical_average" else Persistence(spec)
-        self.base_name = base
+        self.base = base
+        self.base_name = base_name
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    @property
+    def fits_on_train(self) -> bool:
+        """Whether the trainer calls fit(...) on the training range before the first step."""
+        return not isinstance(self.base, Persistence)
 
     def fit(self, train_values, train_observed, train_slots) -> None:
         self.base.fit(train_values, train_observed, train_slots)
 
     def forward(self, x: Tensor, targets: Tensor | None = None) -> Tensor:
-        return self.base(x) + self.network(x, targets)
+        return self.base(x) + self.gate * self.network(x, targets)
+
+
+def with_base(model: nn.Module, choice: str, spec: ModelSpec, has_slots: bool, fits: bool) -> nn.Module:
+    """`model` on top of the baseline `choice` names; a baseline model, or `none`, as it is. `has_slots`: the
+    step divides a day; `fits`: the whole training range is on this rank and small enough for a fitting pass
+    beside the model (train/run.py's rule for the side baselines). Where nothing can be fitted, auto trains
+    the bare network: a year of PeMS would need GBs per rank for the pass."""
+    if choice == "none" or not getattr(model, "trainable", True) or (choice == "auto" and not fits):
+        return model
+    if choice == "historical_average" and not (has_slots and fits):
+        raise UserError("model.base: expected a base that can be fitted here, found historical_average on a series "
+                        "without time-of-day slots, time-sharded or too large to fit beside the model; use "
+                        "persistence, auto or none")
+    if choice == "auto":
+        label = "a fitted blend of persistence, " + ("the historical average " if has_slots else "") + "and the mean"
+        return BaselineResidual(model, FittedBlend(spec, with_average=has_slots), label)
+    base = HistoricalAverage(spec) if choice == "historical_average" else Persistence(spec)
+    return BaselineResidual(model, base, choice.replace("_", " "))

@@ -138,8 +138,8 @@ def build_pipeline(cfg: Config, plan: Plan, ctx: DistContext) -> Pipeline:
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)  # same initial weights on every rank
     model = build_model(cfg.model.name, spec, dict(cfg.model.params))
     enable_activation_checkpointing(model, cfg.trainer.activation_checkpointing)  # read by the models' steps
-    model = with_base(model, cfg.model.base, spec, prepared.has_slots and plan.shard != "time"
-                      and _train_readings(prepared) <= SIDE_BASELINE_READINGS).to(plan.compute_device)
+    model = with_base(model, cfg.model.base, spec, prepared.has_slots,
+                      plan.shard != "time" and _train_readings(prepared) <= SIDE_BASELINE_READINGS).to(plan.compute_device)
     if not getattr(model, "trainable", True) or getattr(model, "fits_on_train", False):
         fit_baseline(model, prepared)
     baselines = build_baselines(cfg, plan, prepared, spec, plan.compute_device)

@@ -115,7 +115,7 @@ def model_label(model: Any) -> str:
 def base_note(model: Any) -> str:
     """How a network on a fitted baseline (model.base) says so; nothing for a bare one."""
     base = getattr(model, "base_name", None)
-    return f", learning a correction to {base.replace('_', ' ')} (model.base)" if base else ""
+    return f", learning a correction to {base} (model.base)" if base else ""
 
 
 def epochs_line(trainer: Any) -> str:
