@@ -23,8 +23,9 @@ from helpers import REPO, TINY, compose_config
 from stgnn_launch.config.load import load_run_config
 from stgnn_launch.data.synthetic import synthetic_path
 from stgnn_launch.errors import UserError
-from stgnn_launch.launch import slurm
-from stgnn_launch.launch.slurm import TorchrunJob, rdzv_port, slurm_parameters
+from stgnn_launch.launch import node_task
+from stgnn_launch.launch.node_task import TorchrunJob, rdzv_port
+from stgnn_launch.launch.slurm_submit import batch_script, slurm_parameters
 
 try:  # tests/ on sys.path (conftest.py puts it there)
     from slurm_cluster import job_info, slurm_cluster, submit, wait_for_job, workdir  # noqa: F401
@@ -105,7 +106,7 @@ def test_torchrun_and_its_ranks_do_not_outlive_the_node_task(tmp_path):
     try:
         signal.setitimer(signal.ITIMER_REAL, 3)  # time enough for the fake torchrun to start its rank
         with pytest.raises(SystemExit):
-            slurm.run_torchrun([sys.executable, "-c", fake_torchrun], dict(os.environ), ignore=signal.SIGUSR2)
+            node_task.run_torchrun([sys.executable, "-c", fake_torchrun], dict(os.environ), ignore=signal.SIGUSR2)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -158,6 +159,9 @@ def test_stgnn_train_launcher_slurm_two_cpu_ranks(slurm_cluster, workdir):
     assert f"--rdzv_endpoint={slurm_cluster.node or record['host']}:{port}" in text
     cache = Path(os.environ["STGNN_CACHE"])
     assert synthetic_path(cache / "synthetic", 10, 700, seed).is_file(), "the job did not use this session's cache"
+    # the dry run's batch script is the one submitit submitted
+    submitted = (run_dir / "slurm" / job_id / f"{job_id}_submission.sh").read_text()
+    assert submitted == batch_script(slurm_parameters(load_run_config(run_dir)), run_dir / "slurm" / "%j")
     info = job_info(job_id) or {}
     if info:  # one core per rank: the node task asked for 2
         assert info.get("NumCPUs") == "2", info

@@ -180,7 +180,7 @@ def check_points(points: list[Point]) -> None:
 def submit_sweep(sweep: Sweep) -> int:
     """Submit every point (their configs are checked), print the job ids, follow them if asked."""
     from stgnn_launch.config.load import save_run_config
-    from stgnn_launch.launch import slurm
+    from stgnn_launch.launch import slurm_submit as slurm
 
     sweep_dir, points = sweep.dir, sweep.points
     assert sweep_dir is not None
@@ -249,7 +249,7 @@ def print_submitted(sweep: Sweep, manifest: Path, array: dict[str, Any] | None) 
 
 def wait_for_sweep(points: list[Point], jobs: list) -> int:
     """launcher.wait=true: follow every job to its end, then print each point's state and test MAE."""
-    from stgnn_launch.launch.slurm import JobWatch, watch_until_over
+    from stgnn_launch.launch.slurm_watch import JobWatch, watch_until_over
 
     watches = [JobWatch(job, f" (point {p.num})") for p, job in zip(points, jobs)]
     try:
@@ -283,7 +283,7 @@ def _test_mae(point: Point) -> float | None:
 
 def dry_run(sweep: Sweep, parallelism: int | None) -> int:
     """Print what would be submitted; submit nothing and leave no directory behind."""
-    from stgnn_launch.launch import slurm
+    from stgnn_launch.launch import slurm_submit as slurm
 
     points = sweep.points
     how = (f"one job array of {len(points)} tasks, at most {parallelism} running at once" if parallelism
