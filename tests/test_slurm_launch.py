@@ -273,3 +273,58 @@ def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, workdir):
         runs = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job_id, "-o", "State"], capture_output=True,
                               text=True, timeout=30).stdout.split()
         assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs
+
+
+def sbatch_train(cluster, workdir: Path, name: str, *overrides: str) -> tuple[str, Path, Path]:
+    """scripts/slurm/train.sbatch with 2 gloo ranks on one node: (job id, run dir, log)."""
+    run_dir, out = workdir / name, workdir / f"{name}.out"
+    env = cluster.env({"STGNN_CPU": "1", "STGNN_PYTHON": sys.executable})
+    job_id = submit([f"--partition={cluster.partition}", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2",
+                     "--time=10", f"--output={out}", f"--chdir={workdir}", str(REPO / "scripts/slurm/train.sbatch"),
+                     *overrides, f"hydra.run.dir={run_dir}"], env=env)
+    return job_id, run_dir, out
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_train_sbatch_preempted_requeues_and_resumes_at_the_step(slurm_cluster, workdir):
+    """train.sbatch's one srun line: the preemption signal (USR2 to the job's steps, as `--signal=USR2@120`
+    sends it; here `scancel --signal=USR2`) reaches the node task, the ranks stop at a step boundary with a
+    step checkpoint, the node task requeues the job, and the requeued job resumes at that step and ends
+    with exactly the test metrics of the same job left alone.
+
+    Slurm holds a requeued job for 120 s (BeginTime); `scontrol update StartTime=now` lifts that."""
+    overrides = (*TINY, "dataset.num_steps=3000", "batching=dist_index", "trainer.max_epochs=3",
+                 "trainer.patience=50", "trainer.deterministic=true")
+    ref_id, ref_dir, ref_out = sbatch_train(slurm_cluster, workdir, "straight", *overrides)
+    assert wait_for_job(ref_id, timeout=300, poll_s=1) == "COMPLETED", ref_out.read_text()
+    straight = read_results(ref_dir)
+
+    job_id, run_dir, out = sbatch_train(slurm_cluster, workdir, "preempted", *overrides)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoints" / "last.pt").is_file():  # epoch 1 is done: the signal lands in epoch 2
+        info = job_info(job_id) or {}
+        assert info.get("JobState") in ("PENDING", "RUNNING", None), (info, out.read_text())
+        assert time.monotonic() < deadline, out.read_text() if out.exists() else "<no output>"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+    deadline = time.monotonic() + 120
+    while True:  # the node task has requeued it
+        info = job_info(job_id) or {}
+        if int(info.get("Restarts", "0")) >= 1 and info.get("JobState") == "PENDING":
+            break
+        assert info.get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED"), (info, out.read_text())
+        assert time.monotonic() < deadline, f"job {job_id} not requeued: {info}\n{out.read_text()}"
+        time.sleep(0.5)
+    stopped = re.findall(r"stopping at epoch (\d+) step (\d+) on a signal", out.read_text())
+    assert len(stopped) == 1, out.read_text()
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+    assert wait_for_job(job_id, timeout=300, poll_s=1) == "COMPLETED", out.read_text()
+    text = out.read_text()
+    assert f"job {job_id}: time limit or preemption near" in text and f"job {job_id} (restart 1)" in text
+    epoch, step = stopped[0]
+    assert f"at epoch {epoch} step {step}" in text, text  # "resumed from ... at epoch E step S"
+    record = read_results(run_dir)
+    assert record["attempts"] == 2 and [e["epoch"] for e in record["epochs"]] == [1, 2, 3]
+    assert [e["train_loss"] for e in record["epochs"]] == [e["train_loss"] for e in straight["epochs"]]
+    assert record["test"] == straight["test"]
