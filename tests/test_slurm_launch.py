@@ -121,6 +121,59 @@ def test_torchrun_and_its_ranks_do_not_outlive_the_node_task(tmp_path):
 
 
 
+def test_train_sbatch_only_starts_the_node_task():
+    """The node's work (torchrun, the port rule, the requeue) is the node task's: the script holds none of it."""
+    script = REPO / "scripts" / "slurm" / "train.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    code = [line.split(" # ")[0] for line in script.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]  # (without comments)
+    assert not [line for line in code if re.search(r"torchrun|15000|scontrol|requeue|USR|trap |pkill", line)], code
+    assert [line for line in code if "srun" in line] == [
+        'exec srun --nodes="${SLURM_JOB_NUM_NODES:-1}" --ntasks-per-node=1 --kill-on-bad-exit=1 \\']
+    assert code[-1].endswith('"$PYTHON" -u -m stgnn_launch.launch.node_task "$@"')
+    assert "#SBATCH --signal=USR2@120" in script.read_text()  # to the steps' processes, not (B:) the shell
+
+
+def test_node_task_settings_ranks_and_run_dir_from_the_environment():
+    settings = node_task.BatchSettings.from_env({"STGNN_CPU": "1", "STGNN_MAX_RESTARTS": "2",
+                                                 "STGNN_RDZV_CONF": "join_timeout=900", "STGNN_SOCKET_IFNAME": ""})
+    assert (settings.cpu, settings.max_restarts, settings.rdzv_conf, settings.socket_ifname) == (
+        True, 2, "join_timeout=900", None)
+    assert settings.node_ranks({"SLURM_CPUS_PER_TASK": "6"}) == 6  # CPU nodes: a rank per core of the task
+    gpu = node_task.BatchSettings.from_env({})
+    assert gpu.node_ranks({"SLURM_GPUS_PER_NODE": "a100:4"}) == 4 and gpu.node_ranks({"SLURM_GPUS_ON_NODE": "8"}) == 8
+    with pytest.raises(UserError, match=r"^ranks per node: expected GPUs in this job .* found '' GPUs on the node$"):
+        gpu.node_ranks({})
+    with pytest.raises(UserError, match=r"^STGNN_RANKS_PER_NODE: expected a whole number of at least 1, found '0'$"):
+        node_task.BatchSettings.from_env({"STGNN_RANKS_PER_NODE": "0"})
+    with pytest.raises(UserError, match=r"^STGNN_CPU: expected 0 or 1, found 'yes'$"):
+        node_task.BatchSettings.from_env({"STGNN_CPU": "yes"})
+    run_dir, rest = node_task.batch_run_dir(["model=dcrnn"], {"SLURM_JOB_ID": "77", "SLURM_ARRAY_JOB_ID": "70",
+                                                              "SLURM_ARRAY_TASK_ID": "3"})
+    assert run_dir == Path.cwd() / "runs" / "slurm-70_3" and rest == ["model=dcrnn"]
+    run_dir, rest = node_task.batch_run_dir(["hydra.run.dir=/r/x", "gpus=9"], {"SLURM_JOB_ID": "77"})
+    assert run_dir == Path("/r/x") and rest == ["gpus=9"]
+    node = node_task.SlurmNode(job_id="77", num_nodes=2, head="n1", node=0, hostname="n1", restarts=0)
+    cmd = node_task.prepare_command(settings, node, 3, Path("/r/x"), ["trainer.num_threads=4"],
+                                    {"SLURM_CPUS_PER_TASK": "6"})
+    # each rank's share of the task's cores first, so that an override given wins
+    assert cmd[3:] == ["trainer.num_threads=2", "trainer.num_threads=4", "launcher=slurm", "gpus=6",
+                       "launcher.gpus_per_node=3", "launcher.prepare_only=true", "launcher.cpu=true",
+                       "hydra.run.dir=/r/x"]
+
+
+def test_node_task_outside_a_job_or_with_bad_settings_says_so_in_one_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "STGNN_"))}
+    run = [sys.executable, "-m", "stgnn_launch.launch.node_task", "model=dcrnn"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "node_task: error: SLURM_JOB_ID: expected a Slurm job (srun in scripts/slurm/train.sbatch), found none"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=60,
+                          env={**env, "SLURM_JOB_ID": "5", "STGNN_MAX_RESTARTS": "x"})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "node_task: error: STGNN_MAX_RESTARTS: expected a whole number of at least 0, found 'x'"]
+
+
 def read_results(run_dir: Path) -> dict:
     path = run_dir / "results.json"
     assert path.is_file(), f"no {path}"
