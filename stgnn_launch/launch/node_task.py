@@ -348,9 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(preemption_signal(), on_preemption)
     try:
         if node.node == 0:
+            port = rdzv_port(settings.rdzv_port, node.job_id)
             print(f"job {node.job_id} (restart {node.restarts}): {node.num_nodes} nodes x {ranks} ranks = "
-                  f"{node.num_nodes * ranks} ranks, rendezvous {node.head}:{rdzv_port(settings.rdzv_port, node.job_id)}, "
-                  f"run dir {run_dir}", flush=True)
+                  f"{node.num_nodes * ranks} ranks, rendezvous {node.head}:{port}, run dir {run_dir}", flush=True)
             # The run directory and its resolved, validated config.yaml (every rank reads it), before this
             # node's torchrun joins the rendezvous: no node's ranks start until it has.
             code = subprocess.run(prepare_command(settings, node, ranks, run_dir, overrides, env)).returncode
