@@ -24,7 +24,8 @@ from stgnn_launch.distributed import context
 from stgnn_launch.distributed.context import ASYNC_ERROR_ENV, RankEnv
 from stgnn_launch.errors import UserError
 from stgnn_launch.launch.agent import RANK_FAILED, record_failure, worker_run_dir
-from stgnn_launch.launch.slurm import TorchrunJob, slurm_parameters
+from stgnn_launch.launch.node_task import TorchrunJob
+from stgnn_launch.launch.slurm_submit import slurm_parameters
 
 try:  # tests/ on sys.path (conftest.py puts it there)
     from slurm_cluster import slurm_cluster, wait_for_job, workdir  # noqa: F401

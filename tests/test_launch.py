@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from helpers import compose_config
-from stgnn_launch.launch.slurm import slurm_parameters
+from stgnn_launch.launch.slurm_submit import slurm_parameters
 from stgnn_launch.launch.torchrun import build_torchrun_cmd
 
 

@@ -52,11 +52,11 @@ def test_sigkill_of_the_launcher_ends_its_ranks(tmp_path):
 
 
 def test_sigkill_of_a_slurm_node_task_ends_its_torchrun(tmp_path):
-    """launch/slurm.py's run_torchrun in a node task that is killed: the 'torchrun' it started dies too."""
+    """launch/node_task.py's run_torchrun in a node task that is killed: the 'torchrun' it started dies too."""
     pid_file = tmp_path / "torchrun.pid"
     task = textwrap.dedent(f"""
         import sys
-        from stgnn_launch.launch.slurm import run_torchrun
+        from stgnn_launch.launch.node_task import run_torchrun
         run_torchrun([sys.executable, "-c", "import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
                       "time.sleep(600)"], env=dict(__import__('os').environ))
     """)

@@ -23,8 +23,9 @@ from helpers import REPO, TINY, compose_config
 from stgnn_launch.config.load import load_run_config
 from stgnn_launch.data.synthetic import synthetic_path
 from stgnn_launch.errors import UserError
-from stgnn_launch.launch import slurm
-from stgnn_launch.launch.slurm import TorchrunJob, rdzv_port, slurm_parameters
+from stgnn_launch.launch import node_task
+from stgnn_launch.launch.node_task import TorchrunJob, rdzv_port
+from stgnn_launch.launch.slurm_submit import batch_script, slurm_parameters
 
 try:  # tests/ on sys.path (conftest.py puts it there)
     from slurm_cluster import job_info, slurm_cluster, submit, wait_for_job, workdir  # noqa: F401
@@ -105,7 +106,7 @@ def test_torchrun_and_its_ranks_do_not_outlive_the_node_task(tmp_path):
     try:
         signal.setitimer(signal.ITIMER_REAL, 3)  # time enough for the fake torchrun to start its rank
         with pytest.raises(SystemExit):
-            slurm.run_torchrun([sys.executable, "-c", fake_torchrun], dict(os.environ), ignore=signal.SIGUSR2)
+            node_task.run_torchrun([sys.executable, "-c", fake_torchrun], dict(os.environ), ignore=signal.SIGUSR2)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -118,6 +119,59 @@ def test_torchrun_and_its_ranks_do_not_outlive_the_node_task(tmp_path):
         state = "gone"
     assert state in ("gone", "Z", "X"), f"rank {rank} still running ({state})"
 
+
+
+def test_train_sbatch_only_starts_the_node_task():
+    """The node's work (torchrun, the port rule, the requeue) is the node task's: the script holds none of it."""
+    script = REPO / "scripts" / "slurm" / "train.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    code = [line.split(" # ")[0] for line in script.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]  # (without comments)
+    assert not [line for line in code if re.search(r"torchrun|15000|scontrol|requeue|USR|trap |pkill", line)], code
+    assert [line for line in code if "srun" in line] == [
+        'exec srun --nodes="${SLURM_JOB_NUM_NODES:-1}" --ntasks-per-node=1 --kill-on-bad-exit=1 \\']
+    assert code[-1].endswith('"$PYTHON" -u -m stgnn_launch.launch.node_task "$@"')
+    assert "#SBATCH --signal=USR2@120" in script.read_text()  # to the steps' processes, not (B:) the shell
+
+
+def test_node_task_settings_ranks_and_run_dir_from_the_environment():
+    settings = node_task.BatchSettings.from_env({"STGNN_CPU": "1", "STGNN_MAX_RESTARTS": "2",
+                                                 "STGNN_RDZV_CONF": "join_timeout=900", "STGNN_SOCKET_IFNAME": ""})
+    assert (settings.cpu, settings.max_restarts, settings.rdzv_conf, settings.socket_ifname) == (
+        True, 2, "join_timeout=900", None)
+    assert settings.node_ranks({"SLURM_CPUS_PER_TASK": "6"}) == 6  # CPU nodes: a rank per core of the task
+    gpu = node_task.BatchSettings.from_env({})
+    assert gpu.node_ranks({"SLURM_GPUS_PER_NODE": "a100:4"}) == 4 and gpu.node_ranks({"SLURM_GPUS_ON_NODE": "8"}) == 8
+    with pytest.raises(UserError, match=r"^ranks per node: expected GPUs in this job .* found '' GPUs on the node$"):
+        gpu.node_ranks({})
+    with pytest.raises(UserError, match=r"^STGNN_RANKS_PER_NODE: expected a whole number of at least 1, found '0'$"):
+        node_task.BatchSettings.from_env({"STGNN_RANKS_PER_NODE": "0"})
+    with pytest.raises(UserError, match=r"^STGNN_CPU: expected 0 or 1, found 'yes'$"):
+        node_task.BatchSettings.from_env({"STGNN_CPU": "yes"})
+    run_dir, rest = node_task.batch_run_dir(["model=dcrnn"], {"SLURM_JOB_ID": "77", "SLURM_ARRAY_JOB_ID": "70",
+                                                              "SLURM_ARRAY_TASK_ID": "3"})
+    assert run_dir == Path.cwd() / "runs" / "slurm-70_3" and rest == ["model=dcrnn"]
+    run_dir, rest = node_task.batch_run_dir(["hydra.run.dir=/r/x", "gpus=9"], {"SLURM_JOB_ID": "77"})
+    assert run_dir == Path("/r/x") and rest == ["gpus=9"]
+    node = node_task.SlurmNode(job_id="77", num_nodes=2, head="n1", node=0, hostname="n1", restarts=0)
+    cmd = node_task.prepare_command(settings, node, 3, Path("/r/x"), ["trainer.num_threads=4"],
+                                    {"SLURM_CPUS_PER_TASK": "6"})
+    # each rank's share of the task's cores first, so that an override given wins
+    assert cmd[3:] == ["trainer.num_threads=2", "trainer.num_threads=4", "launcher=slurm", "gpus=6",
+                       "launcher.gpus_per_node=3", "launcher.prepare_only=true", "launcher.cpu=true",
+                       "hydra.run.dir=/r/x"]
+
+
+def test_node_task_outside_a_job_or_with_bad_settings_says_so_in_one_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "STGNN_"))}
+    run = [sys.executable, "-m", "stgnn_launch.launch.node_task", "model=dcrnn"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "node_task: error: SLURM_JOB_ID: expected a Slurm job (srun in scripts/slurm/train.sbatch), found none"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=60,
+                          env={**env, "SLURM_JOB_ID": "5", "STGNN_MAX_RESTARTS": "x"})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "node_task: error: STGNN_MAX_RESTARTS: expected a whole number of at least 0, found 'x'"]
 
 
 def read_results(run_dir: Path) -> dict:
@@ -158,6 +212,9 @@ def test_stgnn_train_launcher_slurm_two_cpu_ranks(slurm_cluster, workdir):
     assert f"--rdzv_endpoint={slurm_cluster.node or record['host']}:{port}" in text
     cache = Path(os.environ["STGNN_CACHE"])
     assert synthetic_path(cache / "synthetic", 10, 700, seed).is_file(), "the job did not use this session's cache"
+    # the dry run's batch script is the one submitit submitted
+    submitted = (run_dir / "slurm" / job_id / f"{job_id}_submission.sh").read_text()
+    assert submitted == batch_script(slurm_parameters(load_run_config(run_dir)), run_dir / "slurm" / "%j")
     info = job_info(job_id) or {}
     if info:  # one core per rank: the node task asked for 2
         assert info.get("NumCPUs") == "2", info
@@ -269,3 +326,58 @@ def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, workdir):
         runs = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job_id, "-o", "State"], capture_output=True,
                               text=True, timeout=30).stdout.split()
         assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs
+
+
+def sbatch_train(cluster, workdir: Path, name: str, *overrides: str) -> tuple[str, Path, Path]:
+    """scripts/slurm/train.sbatch with 2 gloo ranks on one node: (job id, run dir, log)."""
+    run_dir, out = workdir / name, workdir / f"{name}.out"
+    env = cluster.env({"STGNN_CPU": "1", "STGNN_PYTHON": sys.executable})
+    job_id = submit([f"--partition={cluster.partition}", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2",
+                     "--time=10", f"--output={out}", f"--chdir={workdir}", str(REPO / "scripts/slurm/train.sbatch"),
+                     *overrides, f"hydra.run.dir={run_dir}"], env=env)
+    return job_id, run_dir, out
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_train_sbatch_preempted_requeues_and_resumes_at_the_step(slurm_cluster, workdir):
+    """train.sbatch's one srun line: the preemption signal (USR2 to the job's steps, as `--signal=USR2@120`
+    sends it; here `scancel --signal=USR2`) reaches the node task, the ranks stop at a step boundary with a
+    step checkpoint, the node task requeues the job, and the requeued job resumes at that step and ends
+    with exactly the test metrics of the same job left alone.
+
+    Slurm holds a requeued job for 120 s (BeginTime); `scontrol update StartTime=now` lifts that."""
+    overrides = (*TINY, "dataset.num_steps=3000", "batching=dist_index", "trainer.max_epochs=3",
+                 "trainer.patience=50", "trainer.deterministic=true")
+    ref_id, ref_dir, ref_out = sbatch_train(slurm_cluster, workdir, "straight", *overrides)
+    assert wait_for_job(ref_id, timeout=300, poll_s=1) == "COMPLETED", ref_out.read_text()
+    straight = read_results(ref_dir)
+
+    job_id, run_dir, out = sbatch_train(slurm_cluster, workdir, "preempted", *overrides)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoints" / "last.pt").is_file():  # epoch 1 is done: the signal lands in epoch 2
+        info = job_info(job_id) or {}
+        assert info.get("JobState") in ("PENDING", "RUNNING", None), (info, out.read_text())
+        assert time.monotonic() < deadline, out.read_text() if out.exists() else "<no output>"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+    deadline = time.monotonic() + 120
+    while True:  # the node task has requeued it
+        info = job_info(job_id) or {}
+        if int(info.get("Restarts", "0")) >= 1 and info.get("JobState") == "PENDING":
+            break
+        assert info.get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED"), (info, out.read_text())
+        assert time.monotonic() < deadline, f"job {job_id} not requeued: {info}\n{out.read_text()}"
+        time.sleep(0.5)
+    stopped = re.findall(r"stopping at epoch (\d+) step (\d+) on a signal", out.read_text())
+    assert len(stopped) == 1, out.read_text()
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+    assert wait_for_job(job_id, timeout=300, poll_s=1) == "COMPLETED", out.read_text()
+    text = out.read_text()
+    assert f"job {job_id}: time limit or preemption near" in text and f"job {job_id} (restart 1)" in text
+    epoch, step = stopped[0]
+    assert f"at epoch {epoch} step {step}" in text, text  # "resumed from ... at epoch E step S"
+    record = read_results(run_dir)
+    assert record["attempts"] == 2 and [e["epoch"] for e in record["epochs"]] == [1, 2, 3]
+    assert [e["train_loss"] for e in record["epochs"]] == [e["train_loss"] for e in straight["epochs"]]
+    assert record["test"] == straight["test"]

@@ -1,7 +1,7 @@
 """Sweeps on Slurm (`stgnn-train -m ... launcher=slurm`): every point checked before anything is submitted,
 one job per point or one job array, and `<sweep dir>/sweep.json` kept truthful while submitting.
 
-The unit tests stand in for sbatch (slurm.submit_jobs); the `slurm` tests submit real 1-rank CPU jobs
+The unit tests stand in for sbatch (slurm_submit.submit_jobs); the `slurm` tests submit real 1-rank CPU jobs
 to the local one-node cluster (tests/slurm_cluster.py).
 """
 
@@ -22,7 +22,7 @@ import pytest
 from helpers import TINY, compose_config
 from stgnn_launch.config.load import load_run_config
 from stgnn_launch.errors import UserError
-from stgnn_launch.launch import slurm, sweep
+from stgnn_launch.launch import slurm_submit, slurm_watch, sweep
 
 try:  # tests/ on sys.path (conftest.py puts it there)
     from slurm_cluster import job_info, sacct_state, slurm_cluster, wait_for_job, workdir  # noqa: F401
@@ -70,7 +70,7 @@ def test_manifest_is_truthful_when_sbatch_refuses_a_point_midway(tmp_path, monke
         assert jobs[0].run_dir == str(plan.points[0].run_dir) and folder == plan.points[0].run_dir / "slurm" / "%j"
         return [fake_job("101", folder)]
 
-    monkeypatch.setattr(slurm, "submit_jobs", submit_jobs)
+    monkeypatch.setattr(slurm_submit, "submit_jobs", submit_jobs)
     with pytest.raises(UserError, match=re.escape("QOSMaxSubmitJobPerUserLimit (point 1); 1 of 2 points were "
                                                   "submitted before it (101), as ")):
         sweep.submit_sweep(plan)
@@ -97,7 +97,7 @@ def test_job_array_is_one_submission_with_its_parallelism(tmp_path, monkeypatch,
         assert manifest_of(plan.dir)["array_job_id"] is None  # written before sbatch runs
         return [fake_job(f"200_{i}", folder) for i in range(len(jobs))]
 
-    monkeypatch.setattr(slurm, "submit_jobs", submit_jobs)
+    monkeypatch.setattr(slurm_submit, "submit_jobs", submit_jobs)
     assert sweep.submit_sweep(plan) == 0
     [(folder, params, run_dirs)] = calls
     assert folder == plan.dir / "slurm" / "%j" and run_dirs == [str(p.run_dir) for p in plan.points]
@@ -120,7 +120,7 @@ def test_job_array_is_one_submission_with_its_parallelism(tmp_path, monkeypatch,
 ])
 def test_points_that_cannot_share_a_submission_are_refused(tmp_path, monkeypatch, second, message):
     plan = make_sweep(tmp_path, ("launcher.array_parallelism=1",), second)
-    monkeypatch.setattr(slurm, "submit_jobs", lambda *a: pytest.fail("submitted"))
+    monkeypatch.setattr(slurm_submit, "submit_jobs", lambda *a: pytest.fail("submitted"))
     with pytest.raises(UserError, match=re.escape(message)):
         sweep.submit_sweep(plan)
     assert not (plan.dir / "sweep.json").exists()
@@ -134,7 +134,7 @@ def test_separate_jobs_may_ask_for_different_resources(tmp_path, monkeypatch):
         asked.append(params["cpus_per_task"])
         return [fake_job(str(300 + len(asked)), folder)]
 
-    monkeypatch.setattr(slurm, "submit_jobs", submit_jobs)
+    monkeypatch.setattr(slurm_submit, "submit_jobs", submit_jobs)
     assert sweep.submit_sweep(plan) == 0
     assert asked == [1, 2] and [p["job_id"] for p in manifest_of(plan.dir)["points"]] == ["301", "302"]
 
@@ -153,8 +153,8 @@ def test_wait_prints_each_points_state_and_test_mae_and_fails_if_one_failed(tmp_
         def failure(self):
             return None if self.job.job_id == "400" else "ended in state CANCELLED by 0 without a result"
 
-    monkeypatch.setattr(slurm, "JobWatch", Watch)
-    monkeypatch.setattr(slurm, "watch_until_over", lambda watches: None)
+    monkeypatch.setattr(slurm_watch, "JobWatch", Watch)
+    monkeypatch.setattr(slurm_watch, "watch_until_over", lambda watches: None)
     jobs = [SimpleNamespace(job_id=p.job_id) for p in plan.points]
     assert sweep.wait_for_sweep(plan.points, jobs) == 1
     out = capsys.readouterr().out

@@ -2,9 +2,9 @@
 
 Each "host" is a network namespace with its own hostname (UTS namespace), its own /etc/hosts and its own
 /dev/shm (a private mount namespace: `ip netns exec` alone would share the root's /dev/shm, so the two
-hosts' node-shared series could meet). The shipped template runs on the first host with stand-ins for
-`scontrol` (node names) and `srun`, which runs the node task there and hands its command and environment
-to the test, which starts the same on the second host: torchrun with 2 ranks per host and a c10d
+hosts' node-shared series could meet). The shipped template runs on the first host with a stand-in for
+`srun`, which runs the node task there (node 0) and hands its command and environment to the test, which
+starts the same on the second host (node 1): torchrun with 2 ranks per host and a c10d
 rendezvous on the first. Every process runs inside the namespaces under `timeout`; the namespaces (and
 with them the veth pair and the private mounts) are removed afterwards, also on failure.
 
@@ -30,7 +30,7 @@ import pytest
 from helpers import REPO, TINY, compose_config, is_rank_process
 from stgnn_launch.errors import UserError
 from stgnn_launch.launch.local import interface_address
-from stgnn_launch.launch.slurm import job_for
+from stgnn_launch.launch.slurm_submit import job_for
 from stgnn_launch.launch.torchrun import build_torchrun_cmd, socket_env
 
 TEMPLATE = REPO / "scripts" / "slurm" / "train.sbatch"
@@ -49,11 +49,7 @@ SRUN_STUB = """#!/bin/bash
 while [[ $# -gt 0 && "$1" == -* ]]; do shift; done
 env -0 >"$STGNN_TEST_TASK.env"
 printf '%s\\0' "$@" >"$STGNN_TEST_TASK.tmp" && mv "$STGNN_TEST_TASK.tmp" "$STGNN_TEST_TASK.argv"
-exec "$@"
-"""
-SCONTROL_STUB = """#!/bin/bash
-# scontrol stand-in: `scontrol show hostnames a,b` (all that train.sbatch asks)
-[[ "$1 $2" == "show hostnames" ]] && tr ',' '\\n' <<<"$3"
+SLURM_NODEID=0 exec "$@"
 """
 
 
@@ -129,9 +125,8 @@ class Cluster:
         self.hosts, self.root = hosts, root
         self.stubs = root / "bin"  # the stand-ins, first on PATH
         self.stubs.mkdir()
-        for name, text in (("srun", SRUN_STUB), ("scontrol", SCONTROL_STUB)):
-            (self.stubs / name).write_text(text)
-            (self.stubs / name).chmod(0o755)
+        (self.stubs / "srun").write_text(SRUN_STUB)
+        (self.stubs / "srun").chmod(0o755)
         self.procs: list[subprocess.Popen] = []
 
     def hosts_file(self, host: Host, loopback_site: bool) -> Path:
@@ -184,7 +179,7 @@ class Cluster:
             task = argv_file.read_bytes().split(b"\0")[:-1]
             task_env = dict(entry.split(b"=", 1) for entry in (job_dir / "task.env").read_bytes().split(b"\0") if
                             b"=" in entry)
-            task_env_str = {k.decode(): v.decode() for k, v in task_env.items()}
+            task_env_str = {**{k.decode(): v.decode() for k, v in task_env.items()}, "SLURM_NODEID": "1"}
             job.procs.append(self.start(self.hosts[1], [t.decode() for t in task], task_env_str,
                                         job_dir / "host-b.log", loopback_site))
         return job

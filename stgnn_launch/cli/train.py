@@ -38,7 +38,7 @@ def launch(cfg: DictConfig) -> int:
     if sweep.is_slurm_sweep(config):  # -m: submitted with the others once every point is checked
         return sweep.add_point(config, run_dir)
     if config.launcher.name == "slurm" and config.launcher.dry_run:
-        from stgnn_launch.launch.slurm import dry_run
+        from stgnn_launch.launch.slurm_submit import dry_run
 
         code = dry_run(config, run_dir)
         discard_if_empty(run_dir)  # a dry run leaves nothing behind
@@ -47,7 +47,7 @@ def launch(cfg: DictConfig) -> int:
     check_resume(config, run_dir)  # a resume that would invalidate the checkpoint: refused, nothing written
     save_run_config(config, run_dir)
     if config.launcher.name == "slurm":
-        from stgnn_launch.launch.slurm import submit
+        from stgnn_launch.launch.slurm_submit import submit
 
         run_lock.release(run_dir)  # the job's rank 0 holds it from its start (this process may wait for the job)
         return submit(config, run_dir)

@@ -180,7 +180,7 @@ def check_points(points: list[Point]) -> None:
 def submit_sweep(sweep: Sweep) -> int:
     """Submit every point (their configs are checked), print the job ids, follow them if asked."""
     from stgnn_launch.config.load import save_run_config
-    from stgnn_launch.launch import slurm
+    from stgnn_launch.launch import slurm_submit
 
     sweep_dir, points = sweep.dir, sweep.points
     assert sweep_dir is not None
@@ -197,10 +197,10 @@ def submit_sweep(sweep: Sweep) -> int:
     manifest = write_manifest(sweep_dir, created, points, array)
     jobs = []
     if as_array:
-        params = {**slurm.slurm_parameters(points[0].config), "job_name": "stgnn-sweep",
+        params = {**slurm_submit.slurm_parameters(points[0].config), "job_name": "stgnn-sweep",
                   "array_parallelism": parallelism}
-        jobs = slurm.submit_jobs(sweep_dir / "slurm" / "%j", params,
-                                 [slurm.job_for(p.config, p.run_dir) for p in points])
+        jobs = slurm_submit.submit_jobs(sweep_dir / "slurm" / "%j", params,
+                                        [slurm_submit.job_for(p.config, p.run_dir) for p in points])
         for point, job in zip(points, jobs):
             point.job_id, point.logs = job.job_id, _logs(job)
         array["array_job_id"] = jobs[0].job_id.split("_")[0]
@@ -208,8 +208,9 @@ def submit_sweep(sweep: Sweep) -> int:
     else:
         for point in points:
             try:
-                [job] = slurm.submit_jobs(point.run_dir / "slurm" / "%j", slurm.slurm_parameters(point.config),
-                                          [slurm.job_for(point.config, point.run_dir)])
+                params = slurm_submit.slurm_parameters(point.config)
+                [job] = slurm_submit.submit_jobs(point.run_dir / "slurm" / "%j", params,
+                                                 [slurm_submit.job_for(point.config, point.run_dir)])
             except UserError as err:
                 done = [p.job_id for p in points if p.job_id]
                 raise UserError(f"{err} (point {point.num}); {len(done)} of {len(points)} points were submitted "
@@ -249,7 +250,7 @@ def print_submitted(sweep: Sweep, manifest: Path, array: dict[str, Any] | None) 
 
 def wait_for_sweep(points: list[Point], jobs: list) -> int:
     """launcher.wait=true: follow every job to its end, then print each point's state and test MAE."""
-    from stgnn_launch.launch.slurm import JobWatch, watch_until_over
+    from stgnn_launch.launch.slurm_watch import JobWatch, watch_until_over
 
     watches = [JobWatch(job, f" (point {p.num})") for p, job in zip(points, jobs)]
     try:
@@ -283,7 +284,7 @@ def _test_mae(point: Point) -> float | None:
 
 def dry_run(sweep: Sweep, parallelism: int | None) -> int:
     """Print what would be submitted; submit nothing and leave no directory behind."""
-    from stgnn_launch.launch import slurm
+    from stgnn_launch.launch import slurm_submit
 
     points = sweep.points
     how = (f"one job array of {len(points)} tasks, at most {parallelism} running at once" if parallelism
@@ -292,13 +293,13 @@ def dry_run(sweep: Sweep, parallelism: int | None) -> int:
     print(f"  {'#':>3}  nodes x ranks  overrides")
     for p in points:
         print(f"  {p.num:>3}  {_shape(p.config):<13}  {' '.join(p.overrides)}")
-    params = slurm.slurm_parameters(points[0].config)
+    params = slurm_submit.slurm_parameters(points[0].config)
     if parallelism:
         params.update(job_name="stgnn-sweep", array_parallelism=parallelism, map_count=len(points))
         print("---- batch script of the array ----")
-        print(slurm.batch_script(params, sweep.dir / "slurm" / "%j"))
+        print(slurm_submit.batch_script(params, sweep.dir / "slurm" / "%j"))
     else:
         print(f"---- batch script of point {points[0].num} (each point's asks for its own resources) ----")
-        print(slurm.batch_script(params, points[0].run_dir / "slurm" / "%j"))
+        print(slurm_submit.batch_script(params, points[0].run_dir / "slurm" / "%j"))
     discard(sweep)
     return 0
