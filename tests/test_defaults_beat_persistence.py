@@ -97,7 +97,8 @@ def test_the_forecast_is_the_fitted_blend_plus_the_gated_network():
     model = with_base(network, "auto", s, has_slots=True, fits=True)
     assert isinstance(model, BaselineResidual) and isinstance(model.base, FittedBlend)
     # A series = noise that keeps 0.6 of itself over 2 steps + a daily pattern: for output step 2 the best
-    # linear forecast is 0.6 x the last reading + 0.4 x the pattern (which the historical average reads).
+    # linear forecast is 0.6 x the last reading + 0.4 x the pattern (which the historical average reads);
+    # fitted for the least absolute error on 4,096 pairs, so within a few hundredths.
     steps = 288 * 40
     noise = torch.zeros(steps, 5, 1)
     shocks = torch.randn(steps, 5, 1)
@@ -107,9 +108,9 @@ def test_the_forecast_is_the_fitted_blend_plus_the_gated_network():
     values = noise + 3 * torch.sin(2 * torch.pi * t / 288).view(-1, 1, 1)
     model.fit(values, torch.ones_like(values, dtype=torch.bool), t % 288)
     a, b, c = model.base.coef[:, 1]  # output step 2
-    assert torch.allclose(a, torch.full_like(a, 0.6), atol=0.03), a.flatten()
-    assert torch.allclose(b, torch.full_like(b, 0.4), atol=0.05), b.flatten()
-    assert torch.allclose(c, torch.zeros_like(c), atol=0.05), c.flatten()
+    assert torch.allclose(a, torch.full_like(a, 0.6), atol=0.06), a.flatten()
+    assert torch.allclose(b, torch.full_like(b, 0.4), atol=0.08), b.flatten()
+    assert torch.allclose(c, torch.zeros_like(c), atol=0.08), c.flatten()
     x = torch.randn(3, 6, 5, 2)
     x[..., 1] = torch.rand(3, 1, 5).expand(3, 6, 5)  # a time-of-day fraction channel
     assert torch.equal(model(x), model.base(x))  # the gate starts at 0: the first forecast is the blend
