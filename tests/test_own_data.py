@@ -44,7 +44,7 @@ def run(args, cwd, timeout=300):
 
 def readme_recipe() -> list[list[str]]:
     text = (REPO / "README.md").read_text()
-    block = text.split("### Your own data", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    block = text.split("## Your own data\n", 1)[1].split("```bash runnable\n", 1)[1].split("```", 1)[0]
     commands = []
     for line in block.replace("\\\n", " ").splitlines():
         line = line.split("#", 1)[0].strip()
