@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stgnn_launch.config.schema import AxisOrder
 from stgnn_launch.data.series import Series, regular_timestamps
 from stgnn_launch.errors import UserError
 
-AXIS_ORDERS = ("TN", "NT", "TNF", "NTF", "NFT", "TFN")
+AXIS_ORDERS = tuple(AxisOrder)
 DEFAULT_START = "2012-03-01T00:00"
 DEFAULT_FREQ = "5min"
 _TIME_HEADERS = {"", "timestamp", "time", "date", "datetime"}
@@ -55,15 +56,6 @@ def collect(source: TableSource) -> Series:
         timestamps[row:row + len(values)] = stamps
         row += len(values)
     return Series(torch.from_numpy(out), timestamps, source.sensor_ids, None, source.feature_names)
-
-
-def read_csv(path: str | os.PathLike, start: str = DEFAULT_START, freq: str = DEFAULT_FREQ) -> Series:
-    return collect(csv_source(path, start, freq))
-
-
-def read_array(path: str | os.PathLike, key: str | None = None, axis_order: str = "TN",
-               start: str = DEFAULT_START, freq: str = DEFAULT_FREQ) -> Series:
-    return collect(array_source(path, key, axis_order, start, freq))
 
 
 def csv_source(path: str | os.PathLike, start: str = DEFAULT_START, freq: str = DEFAULT_FREQ) -> TableSource:
