@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from stgnn_launch.cli.entry import Exit, run_command
 from stgnn_launch.cli.memory_check import estimate_memory_for
+from stgnn_launch.config.paths import CONF_DIR
 from stgnn_launch.config.load import check_choices, to_config, user_error
 from stgnn_launch.config.schema import Config, register_configs
 from stgnn_launch.errors import UserError
@@ -32,7 +33,6 @@ def _stop_on_signal(signum: int, frame) -> None:
     run stopped so writes no failed.json, so the rerun resumes it from its last checkpoint."""
     raise Preempted(f"stopped by {signal.Signals(signum).name}", signum)
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # stgnn_launch/conf
 
 
 def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
@@ -81,7 +81,7 @@ def profile(args: list[str]) -> int:
     study_args, training_args = split_overrides(args)
     check_choices(training_args)
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="stgnn_profile"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="stgnn_profile"):
             study = to_study(compose(config_name="profile_study", overrides=study_args))
             base = compose_training(training_args, None)
             out_dir = Path(study.profile.out_dir or

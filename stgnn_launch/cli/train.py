@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from stgnn_launch import run_lock, rundir
 from stgnn_launch.cli.entry import Exit, run_command, start_hydra_app
+from stgnn_launch.config import paths
 from stgnn_launch.config.load import save_run_config, to_config
 from stgnn_launch.config.resume import check_resume
 from stgnn_launch.distributed.context import in_torchrun
@@ -22,7 +23,7 @@ from stgnn_launch.models.params import check_model_params
 from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 
 PROG = "stgnn-train"
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # stgnn_launch/conf: in the wheel too
+CONF_DIR = str(paths.CONF_DIR)  # stgnn_launch/conf: in the wheel too
 
 
 def launch(cfg: DictConfig) -> int:
