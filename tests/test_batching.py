@@ -260,3 +260,30 @@ def test_the_input_table_is_capped(monkeypatch):
     prepared = prepared_from(random_series(steps=300, nodes=4))
     source = build_source("index", prepared, CPU)
     assert source.table is None and source.part_shapes(2)[0][0] == (2, 24, 4, 1)
+
+
+@pytest.mark.parametrize("mode", ["standard", "index", "dist_index"])
+def test_a_modes_planned_bytes_are_what_its_source_holds(mode):
+    """The planner's bytes of a mode (data/batching/modes.py) against the window source it builds, on a CPU:
+    standard's windows, index's series + covariates + input table, dist_index's series + covariates."""
+    from types import SimpleNamespace
+
+    from stgnn_launch.data.batching import DataGeometry, batching_mode
+
+    series = random_series(steps=500, nodes=6, features=2)
+    prepared = prepared_from(series, stride=2)
+    t, n, f = series.values.shape
+    c = prepared.covariates.shape[-1]
+    geometry = DataGeometry(steps=t, nodes=n, features=f, covariates=c, out_features=prepared.out_features,
+                            window=12, horizon=12, stride=2, resident_steps=t, itemsize=4)
+    kind = batching_mode(mode)
+    source = build_source(mode, prepared, CPU)
+    assert sum(source.count(s) for s in ("train", "val", "test")) == geometry.windows == (500 - 24) // 2 + 1
+    cpu = SimpleNamespace(data_on_gpu=False, node_shared=False, cuda=False)
+    held = sum(term.host_rank for term in kind.data_terms(geometry, cpu) if term.phase == "both")
+    assert held == source.data_bytes
+    if mode == "standard":
+        assert kind.data_bytes(geometry) == source.data_bytes and not kind.keeps_series
+    else:
+        assert kind.data_bytes(geometry) == source.series_bytes == t * n * f * 4 and kind.keeps_series
+    assert kind.shards_ranks == (mode == "dist_index") and kind.materialises_windows == (mode == "standard")
