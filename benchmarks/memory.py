@@ -23,7 +23,7 @@ def child(mode: str, path: str, batches: int) -> None:
     """Runs in a fresh interpreter: one mode, then its own peak RSS on stdout."""
     import torch
 
-    from stgnn_launch.data.batching import Batcher, BatchFeed, build_source
+    from stgnn_launch.data.batching import TrainSchedule, BatchFeed, build_source
     from stgnn_launch.data.prepare import PrepareSpec, prepare
     from stgnn_launch.data.readers.hdf5_native import read_native
     from stgnn_launch.train.record import peak_rss_bytes
@@ -35,7 +35,7 @@ def child(mode: str, path: str, batches: int) -> None:
     source = build_source(mode, prepared, torch.device("cpu"))
     if mode == "standard":  # the field's pipeline keeps the windows only (as stgnn-train does)
         prepared = prepared.with_values(torch.empty(0))
-    batcher = Batcher(source.count("train"), batch_size=64, shuffle=True, seed=0)
+    batcher = TrainSchedule(source.count("train"), batch_size=64, shuffle=True, seed=0)
     feed = BatchFeed(source, torch.device("cpu"), 64)
     checksum = 0.0
     for i, (x, y) in enumerate(feed.batches("train", batcher.train_positions(1))):

@@ -43,10 +43,11 @@ def compose_config(*overrides: str):
     """The real Hydra composition of conf/ with the given overrides, validated into a Config."""
     from hydra import compose, initialize_config_dir
 
-    from stgnn_launch.config.load import to_config
+    from stgnn_launch.config.load import check_choices, to_config
     from stgnn_launch.config.schema import register_configs
 
     register_configs()
+    check_choices(overrides)  # as the console scripts do before Hydra composes
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))

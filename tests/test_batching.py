@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import random_series, shared_file
-from stgnn_launch.data.batching import (Batcher, BatchFeed, IndexedWindows, MaterializedWindows, build_source,
+from stgnn_launch.data.batching import (TrainSchedule, BatchFeed, IndexedWindows, MaterializedWindows, build_source,
                                         eval_positions, take)
 from stgnn_launch.data.prepare import PrepareSpec, prepare
 
@@ -49,8 +49,8 @@ def assert_same_batches(prepared, batch_size=16, world=2, seed=5):
     tabled = build_source("index", prepared, CPU)  # index on a CPU: inputs from the table built at load
     assert tabled.table is not None
     n = index.count("train")
-    schedule = Batcher(n, batch_size * world, True, seed)
-    ranks = [Batcher(n, batch_size, True, seed, rank=r, world=world) for r in range(world)]
+    schedule = TrainSchedule(n, batch_size * world, True, seed)
+    ranks = [TrainSchedule(n, batch_size, True, seed, rank=r, world=world) for r in range(world)]
     for epoch in (1, 2):
         expected = batches(standard, schedule, epoch)
         assert len(expected) > 3
@@ -129,17 +129,17 @@ def test_standard_materializes_every_window_and_costs_w_plus_h_copies():
 
 def test_dist_shards_are_disjoint_and_cover_the_epoch():
     n = len(prepared_from(random_series(steps=900, nodes=3)).starts["train"])
-    shards = [Batcher(n, 10, True, 0, rank=r, world=4).train_positions(3) for r in range(4)]
+    shards = [TrainSchedule(n, 10, True, 0, rank=r, world=4).train_positions(3) for r in range(4)]
     seen = torch.cat([torch.cat(s) for s in shards])
     assert len(set(seen.tolist())) == seen.numel()  # disjoint
     assert seen.numel() >= n - 3  # only a last global batch smaller than the world may be dropped
-    assert not torch.equal(torch.cat(Batcher(n, 10, True, 0).train_positions(4)),
-                           torch.cat(Batcher(n, 10, True, 0).train_positions(3)))
+    assert not torch.equal(torch.cat(TrainSchedule(n, 10, True, 0).train_positions(4)),
+                           torch.cat(TrainSchedule(n, 10, True, 0).train_positions(3)))
 
 
 def test_unshuffled_order_is_time_order():
     n = len(prepared_from(random_series(steps=400, nodes=3)).starts["train"])
-    assert torch.equal(torch.cat(Batcher(n, 8, False, 0).train_positions(1)), torch.arange(n))
+    assert torch.equal(torch.cat(TrainSchedule(n, 8, False, 0).train_positions(1)), torch.arange(n))
 
 
 # ---- the feed ---------------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def test_unshuffled_order_is_time_order():
 def test_prefetch_keeps_order_and_equals_no_prefetch():
     prepared = prepared_from(random_series(steps=600, nodes=4))
     source = IndexedWindows(prepared, CPU)
-    batcher = Batcher(source.count("train"), 7, True, 3)
+    batcher = TrainSchedule(source.count("train"), 7, True, 3)
     plain = batches(source, batcher, 1, prefetch=False)
     ahead = batches(source, batcher, 1, prefetch=True)
     assert len(plain) == len(ahead) > 10
@@ -169,7 +169,7 @@ def test_prefetch_gathers_in_a_background_thread_into_reused_buffers():
 
     source.gather = spy
     feed = BatchFeed(source, CPU, 8, prefetch=True, depth=2)
-    positions = Batcher(source.count("train"), 8, True, 0).train_positions(1)
+    positions = TrainSchedule(source.count("train"), 8, True, 0).train_positions(1)
     count = sum(1 for _ in feed.batches("train", positions))
     assert count == len(positions) > 6
     assert set(threads) == {"stgnn-batch-feed"}  # never on the training thread
@@ -186,7 +186,7 @@ def test_feed_never_copies_the_series():
     assert source.values.data_ptr() == series.values.data_ptr()
     before = series.values.clone()
     feed = BatchFeed(source, CPU, 8, prefetch=True)
-    for _ in feed.batches("train", Batcher(source.count("train"), 8, True, 0).train_positions(1)):
+    for _ in feed.batches("train", TrainSchedule(source.count("train"), 8, True, 0).train_positions(1)):
         pass
     assert source.values.data_ptr() == series.values.data_ptr() and not series.values.is_pinned()
     assert torch.equal(series.values, before)
@@ -204,14 +204,14 @@ def test_an_error_in_the_producer_reaches_the_consumer():
     source.gather = broken
     feed = BatchFeed(source, CPU, 8, prefetch=True)
     with pytest.raises(RuntimeError, match="disk gone"):
-        list(feed.batches("train", Batcher(source.count("train"), 8, True, 0).train_positions(1)))
+        list(feed.batches("train", TrainSchedule(source.count("train"), 8, True, 0).train_positions(1)))
 
 
 def test_a_consumer_that_stops_early_leaves_no_thread_behind():
     prepared = prepared_from(random_series(steps=600, nodes=3))
     source = IndexedWindows(prepared, CPU)
     feed = BatchFeed(source, CPU, 4, prefetch=True)
-    for i, _ in enumerate(feed.batches("train", Batcher(source.count("train"), 4, True, 0).train_positions(1))):
+    for i, _ in enumerate(feed.batches("train", TrainSchedule(source.count("train"), 4, True, 0).train_positions(1))):
         if i == 2:
             break
     assert not [t for t in threading.enumerate() if t.name == "stgnn-batch-feed"]
@@ -260,3 +260,30 @@ def test_the_input_table_is_capped(monkeypatch):
     prepared = prepared_from(random_series(steps=300, nodes=4))
     source = build_source("index", prepared, CPU)
     assert source.table is None and source.part_shapes(2)[0][0] == (2, 24, 4, 1)
+
+
+@pytest.mark.parametrize("mode", ["standard", "index", "dist_index"])
+def test_a_modes_planned_bytes_are_what_its_source_holds(mode):
+    """The planner's bytes of a mode (data/batching/modes.py) against the window source it builds, on a CPU:
+    standard's windows, index's series + covariates + input table, dist_index's series + covariates."""
+    from types import SimpleNamespace
+
+    from stgnn_launch.data.batching import DataGeometry, batching_mode
+
+    series = random_series(steps=500, nodes=6, features=2)
+    prepared = prepared_from(series, stride=2)
+    t, n, f = series.values.shape
+    c = prepared.covariates.shape[-1]
+    geometry = DataGeometry(steps=t, nodes=n, features=f, covariates=c, out_features=prepared.out_features,
+                            window=12, horizon=12, stride=2, resident_steps=t, itemsize=4)
+    kind = batching_mode(mode)
+    source = build_source(mode, prepared, CPU)
+    assert sum(source.count(s) for s in ("train", "val", "test")) == geometry.windows == (500 - 24) // 2 + 1
+    cpu = SimpleNamespace(data_on_gpu=False, node_shared=False, cuda=False)
+    held = sum(term.host_rank for term in kind.data_terms(geometry, cpu) if term.phase == "both")
+    assert held == source.data_bytes
+    if mode == "standard":
+        assert kind.data_bytes(geometry) == source.data_bytes and not kind.keeps_series
+    else:
+        assert kind.data_bytes(geometry) == source.series_bytes == t * n * f * 4 and kind.keeps_series
+    assert kind.shards_ranks == (mode == "dist_index") and kind.materialises_windows == (mode == "standard")

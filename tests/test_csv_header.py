@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from stgnn_launch.data.readers.tabular import read_csv
+from stgnn_launch.data.readers import read_series as read_csv
 from stgnn_launch.errors import UserError
 
 

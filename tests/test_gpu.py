@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import TINY, compose_config, random_series, tiny
-from stgnn_launch.data.batching import Batcher, BatchFeed, IndexedWindows, MaterializedWindows, take
+from stgnn_launch.data.batching import TrainSchedule, BatchFeed, IndexedWindows, MaterializedWindows, take
 from stgnn_launch.data.prepare import PrepareSpec, prepare
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -19,7 +19,7 @@ def test_staged_feed_gives_the_cpu_batches_and_never_pins_the_series():
     prepared = prepare(series, PrepareSpec())
     source = IndexedWindows(prepared, torch.device("cpu"), CUDA)
     feed = BatchFeed(source, CUDA, 16, prefetch=True)
-    positions = Batcher(source.count("train"), 16, True, 0).train_positions(1)
+    positions = TrainSchedule(source.count("train"), 16, True, 0).train_positions(1)
     got = [(x.cpu(), y.cpu()) for x, y in feed.batches("train", positions)]
     reference = IndexedWindows(prepared, torch.device("cpu"))
     for (x, y), pos in zip(got, positions):
@@ -110,7 +110,7 @@ def test_the_feed_thread_works_on_the_feeds_device():
     gather = source.gather
     source.gather = lambda *a, **k: (seen.append(torch.cuda.current_device()), gather(*a, **k))[1]
     feed = BatchFeed(source, CUDA, 8, prefetch=True)
-    positions = Batcher(source.count("train"), 8, True, 0).train_positions(1)[:4]
+    positions = TrainSchedule(source.count("train"), 8, True, 0).train_positions(1)[:4]
     for _ in range(2):  # a second call reuses slots whose copies the first call put in flight
         assert len(list(feed.batches("train", positions))) == 4
     assert seen and set(seen) == {CUDA.index}

@@ -79,6 +79,15 @@ def test_bad_values_name_the_key(tmp_path, override, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("overrides", [("batching.mode=fast",), ("-m", "batching.mode=index,fast")])
+def test_a_bad_choice_is_one_line_before_hydra_composes(tmp_path, overrides):
+    proc = run_cli(tmp_path, *overrides)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "stgnn-train: error: batching.mode: expected one of standard, index, dist_index, found 'fast'"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_types_and_unknown_keys_are_refused_by_the_schema(tmp_path):
     proc = run_cli(tmp_path, "batching.window=abc")
     assert proc.returncode != 0 and "batching.window" in proc.stderr and "Integer" in proc.stderr

@@ -62,7 +62,7 @@ def test_tgcn_prepare_fits_scaler_on_training_inputs_only():
 
 
 def test_split_option_is_validated_and_dcrnn_stays_the_default():
-    with pytest.raises(UserError, match="dataset.split: expected dcrnn or tgcn"):
+    with pytest.raises(UserError, match="dataset.split: expected one of dcrnn, tgcn, found 'random'"):
         compose_config("dataset.split=random")
     with pytest.raises(UserError, match="dataset.val_ratio_of_train"):
         compose_config("dataset.split=tgcn", "dataset.val_ratio_of_train=1.0")

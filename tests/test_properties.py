@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from helpers import random_series
 from stgnn_launch.data.batching import IndexedWindows, MaterializedWindows, eval_positions, take
-from stgnn_launch.data.batching.schedule import Batcher
+from stgnn_launch.data.batching.schedule import TrainSchedule
 from stgnn_launch.data.prepare import PrepareSpec, input_ranges, prepare, scaler_sums, window_starts
 from stgnn_launch.distributed.time_shard import merged_ranges, owned_scaler_ranges, rank_blocks, to_local
 from stgnn_launch.errors import UserError
@@ -65,8 +65,8 @@ def test_every_window_belongs_to_exactly_one_split(layout):
 @given(num=st.integers(1, 300), batch_size=st.integers(1, 17), world=st.integers(1, 9), seed=st.integers(0, 99),
        epoch=st.integers(0, 5), shuffle=st.booleans())
 def test_training_shards_of_any_world_size_partition_each_global_batch(num, batch_size, world, seed, epoch, shuffle):
-    ranks = [Batcher(num, batch_size, shuffle, seed, rank=r, world=world).train_positions(epoch) for r in range(world)]
-    order = Batcher(num, batch_size, shuffle, seed).epoch_order(epoch)
+    ranks = [TrainSchedule(num, batch_size, shuffle, seed, rank=r, world=world).train_positions(epoch) for r in range(world)]
+    order = TrainSchedule(num, batch_size, shuffle, seed).epoch_order(epoch)
     assert sorted(order.tolist()) == list(range(num))
     assert len({len(batches) for batches in ranks}) == 1  # DDP: every rank takes every step
     step = batch_size * world

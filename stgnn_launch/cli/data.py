@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from stgnn_launch.data.readers.hdf5_native import native_shape
+from stgnn_launch.cli.entry import run_command
+from stgnn_launch.config.schema import AxisOrder
 from stgnn_launch.data.readers import convert_to_native, read_series
+from stgnn_launch.data.readers.hdf5_native import native_shape
+from stgnn_launch.data.readers.tabular import DEFAULT_FREQ, DEFAULT_START
 from stgnn_launch.data.summary import describe_graph, describe_series, format_summary
-from stgnn_launch.data.readers.tabular import AXIS_ORDERS, DEFAULT_FREQ, DEFAULT_START
 from stgnn_launch.errors import UserError
 
 PROG = "stgnn-data"
@@ -31,15 +33,8 @@ PROG = "stgnn-data"
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (UserError, OSError) as err:  # OSError: unwritable output, full disk; the message names the file
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    # OSError too: an unwritable output or a full disk, whose message names the file
+    return run_command(PROG, lambda: args.run(args), errors=(UserError, OSError))
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -125,7 +120,7 @@ def _axis_order_hint(path: Path, message: str) -> str:
 
     found = re.search(r"found shape \(([^)]*)\)", message)
     ndim = len([d for d in found.group(1).split(",") if d.strip()]) if found else 0
-    fitting = [order for order in AXIS_ORDERS if len(order) == ndim]
+    fitting = [order for order in AxisOrder if len(order) == ndim]
     if not fitting:
         return ""
     return (f"; pass --axis-order {' or '.join(fitting)} (T time steps, N sensors, F features; "
@@ -185,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _series_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", help="pandas HDF5 key (df, speed, ...) or .npz array name; default: the only one")
-    parser.add_argument("--axis-order", default="TN", choices=AXIS_ORDERS, type=str.upper,
+    parser.add_argument("--axis-order", default="TN", choices=tuple(AxisOrder), type=str.upper,
                         help="axes of an .npy/.npz array (T time, N sensors, F features; default TN)")
     _time_options(parser)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from stgnn_launch.cli.entry import run_command
 from stgnn_launch.config.load import load_run_config, with_overrides
-from stgnn_launch.errors import UserError, expect
+from stgnn_launch.errors import expect
 
 USAGE = "usage: stgnn-eval RUN_DIR [split=train|val|test] [gpus=N] [metrics.KEY=VALUE ...]"
 
@@ -55,15 +56,7 @@ def evaluate(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        code = evaluate(sys.argv[1:] if argv is None else argv)
-    except UserError as err:
-        print(f"stgnn-eval: error: {err}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print("stgnn-eval: interrupted", file=sys.stderr)
-        code = 130
-    sys.exit(code)
+    sys.exit(run_command("stgnn-eval", lambda: evaluate(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

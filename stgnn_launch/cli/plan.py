@@ -16,13 +16,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from stgnn_launch.cli.entry import run_command, start_hydra_app
+from stgnn_launch.cli.memory_check import estimate_memory_for
 from stgnn_launch.cli.train import CONF_DIR
 from stgnn_launch.config.load import to_config
 from stgnn_launch.models.params import check_model_params
-from stgnn_launch.config.schema import register_configs
-from stgnn_launch.errors import UserError
-from stgnn_launch.cli.memory_check import estimate_memory_for
 from stgnn_launch.planning.fit import EXIT_DOES_NOT_FIT
+
+PROG = "stgnn-plan"
 
 
 def report(cfg: DictConfig) -> int:
@@ -35,20 +36,14 @@ def report(cfg: DictConfig) -> int:
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
-    try:
-        code = report(cfg)
-    except UserError as err:
-        print(f"stgnn-plan: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(code)
+    sys.exit(run_command(PROG, lambda: report(cfg)))
 
 
 def main() -> None:
-    register_configs()
     # A plan writes nothing: no run directory, no Hydra log files.
     sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
                  "hydra.run.dir=."]
-    _app()
+    start_hydra_app(PROG, _app)
 
 
 if __name__ == "__main__":

@@ -16,22 +16,16 @@ from pathlib import Path
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from stgnn_launch.config.load import to_config
+from stgnn_launch.cli.entry import Exit, run_command
 from stgnn_launch.cli.memory_check import estimate_memory_for
-from stgnn_launch.planning.fit import settle_batch_size
+from stgnn_launch.config.paths import CONF_DIR
+from stgnn_launch.config.load import check_choices, to_config, user_error
 from stgnn_launch.config.schema import Config, register_configs
 from stgnn_launch.errors import UserError
+from stgnn_launch.planning.fit import settle_batch_size
 from stgnn_launch.profile.candidates import Candidate
 from stgnn_launch.profile.config import StudyConfig, register_profile_configs
 from stgnn_launch.train.preemption import Preempted
-
-
-class Stopped(Exception):
-    """SIGTERM (an allocation's end) or Ctrl-C: one line and exit 128 + the signal; a rerun continues."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _stop_on_signal(signum: int, frame) -> None:
@@ -39,7 +33,6 @@ def _stop_on_signal(signum: int, frame) -> None:
     run stopped so writes no failed.json, so the rerun resumes it from its last checkpoint."""
     raise Preempted(f"stopped by {signal.Signals(signum).name}", signum)
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # stgnn_launch/conf
 
 
 def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
@@ -55,8 +48,7 @@ def to_study(cfg) -> StudyConfig:
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudyConfig), cfg))  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "profile"
-        raise UserError(f"{key}: {str(getattr(err, 'msg', None) or err).splitlines()[0]}") from None
+        raise user_error(err, "profile") from None
 
 
 def compose_training(overrides: list[str], candidate: Candidate | None) -> Config:
@@ -87,8 +79,9 @@ def profile(args: list[str]) -> int:
     register_configs()
     register_profile_configs()
     study_args, training_args = split_overrides(args)
+    check_choices(training_args)
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="stgnn_profile"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="stgnn_profile"):
             study = to_study(compose(config_name="profile_study", overrides=study_args))
             base = compose_training(training_args, None)
             out_dir = Path(study.profile.out_dir or
@@ -103,7 +96,8 @@ def profile(args: list[str]) -> int:
         signum = stop.signum or signal.SIGTERM
         name = signal.Signals(signum).name
         what = str(stop) if str(stop).startswith("stopped") else f"stopped by {name} ({stop}, step checkpoint written)"
-        raise Stopped(f"{what}; run it again with profile.out_dir={out_dir} to continue", 128 + signum) from None
+        # SIGTERM (an allocation's end): 143, Ctrl-C: 130; a rerun continues
+        raise Exit(f"{what}; run it again with profile.out_dir={out_dir} to continue", 128 + signum) from None
     except HydraException as err:  # an unknown group option, a malformed override
         raise UserError(f"config: {str(err).splitlines()[0]}") from None
     print(format_table(result))
@@ -116,18 +110,7 @@ def main() -> None:
     if sys.argv[1:2] in (["-h"], ["--help"]):
         print(f"usage: stgnn-profile [overrides...]\n\n{__doc__.split(chr(10), 1)[1].strip()}")
         sys.exit(0)
-    try:
-        code = profile(sys.argv[1:])
-    except UserError as err:
-        print(f"stgnn-profile: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Stopped as stop:  # SIGTERM: 143, Ctrl-C: 130
-        print(f"stgnn-profile: {stop}", file=sys.stderr)
-        sys.exit(stop.code)
-    except KeyboardInterrupt:  # Ctrl-C before the study's runs started
-        print("stgnn-profile: interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code)
+    sys.exit(run_command("stgnn-profile", lambda: profile(sys.argv[1:])))  # Ctrl-C before the runs: 130
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from stgnn_launch.cli.entry import run_command
 from stgnn_launch.errors import UserError
 
 
@@ -42,12 +43,7 @@ def report(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        code = report(sys.argv[1:] if argv is None else argv)
-    except UserError as err:
-        print(f"stgnn-report: error: {err}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    sys.exit(run_command("stgnn-report", lambda: report(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -11,18 +11,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from stgnn_launch import run_lock, rundir
+from stgnn_launch.cli.entry import Exit, run_command, start_hydra_app
+from stgnn_launch.config import paths
 from stgnn_launch.config.load import save_run_config, to_config
-from stgnn_launch.models.params import check_model_params
 from stgnn_launch.config.resume import check_resume
-from stgnn_launch.config.schema import register_configs
 from stgnn_launch.distributed.context import in_torchrun
-from stgnn_launch.errors import UserError, disk_full, is_disk_full
-from stgnn_launch import run_lock
-from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
+from stgnn_launch.errors import disk_full, is_disk_full
 from stgnn_launch.launch import sweep
-from stgnn_launch import rundir
+from stgnn_launch.models.params import check_model_params
+from stgnn_launch.train.preemption import PREEMPTED_EXIT, Preempted
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # stgnn_launch/conf: in the wheel too
+PROG = "stgnn-train"
+CONF_DIR = str(paths.CONF_DIR)  # stgnn_launch/conf: in the wheel too
 
 
 def launch(cfg: DictConfig) -> int:
@@ -74,35 +75,35 @@ def discard_if_empty(run_dir: Path) -> None:
         run_lock.release(run_dir)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def _app(cfg: DictConfig) -> None:
+def _launch_or_exit(cfg: DictConfig) -> int:
+    """launch(), a preempted run and a full disk turned into their one line and status."""
     try:
-        code = launch(cfg)
-    except UserError as err:
-        print(f"stgnn-train: error: {err}", file=sys.stderr)
-        if not getattr(err, "keep_run_dir", False):  # another live run's directory, or a run's to resume
-            discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
-        sweep.abandon()  # a bad point refuses the whole sweep
-        sys.exit(getattr(err, "exit_code", 2))  # 3: does not fit the node's memory (as stgnn-plan)
+        return launch(cfg)
     except Preempted as stop:
-        print(f"stgnn-train: {stop}; continue it with trainer.resume=true", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT)
+        raise Exit(f"{stop}; continue it with trainer.resume=true", PREEMPTED_EXIT) from None
     except OSError as err:  # a full disk where no writer said so itself: still one line (failed.json is written)
         if not is_disk_full(err):
             raise
-        print(f"stgnn-train: error: {disk_full(err.filename or 'a file', None, err)}", file=sys.stderr)
-        sys.exit(2)
+        raise Exit(f"error: {disk_full(err.filename or 'a file', None, err)}", 2) from None
+
+
+def _refused(err: BaseException) -> None:
+    """After a refusal: no empty run directory left behind, and a bad point refuses the whole sweep."""
+    if not getattr(err, "keep_run_dir", False):  # another live run's directory, or a run's to resume
+        discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
+    sweep.abandon()
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _app(cfg: DictConfig) -> None:
+    # Ctrl-C: the run directory holds failed.json if training had started
+    code = run_command(PROG, lambda: _launch_or_exit(cfg), on_error=_refused)
     if code:
         sys.exit(code)
 
 
 def main() -> None:
-    register_configs()
-    try:
-        _app()
-    except KeyboardInterrupt:  # Ctrl-C: the run directory holds failed.json if training had started
-        print("stgnn-train: interrupted", file=sys.stderr)
-        sys.exit(130)
+    start_hydra_app(PROG, _app)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from stgnn_launch.errors import UserError
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CONF_DIR = PACKAGE_DIR / "conf"  # packaged with the code (pyproject's package-data), so a wheel has it too
 CHECKOUT_DIR = PACKAGE_DIR.parent  # the repository root when running from a source checkout
@@ -42,4 +44,12 @@ def resolve_data_path(path: str | None) -> str | None:
     for place in candidates(path):
         if place.exists():
             return str(place.resolve())
+    return path
+
+
+def existing_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path, or the one-line refusal of a file that is not there (every reader's first check)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: expected an existing file, found nothing there")
     return path

@@ -8,6 +8,7 @@ keys that only say how long to go on, where and with how many processes, and wha
 from __future__ import annotations
 
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
         for key, item in value.items():
             out.update(flatten(item, f"{prefix}{key}."))
         return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: value}
+    return {prefix[:-1]: str(value) if isinstance(value, StrEnum) else value}  # a choice: its plain string
 
 
 def harmless(key: str) -> bool:

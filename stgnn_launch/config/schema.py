@@ -8,9 +8,91 @@ way the message names the key, what was expected and what was found.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from enum import StrEnum
+from typing import Any, Optional, TypeVar
 
+from stgnn_launch.errors import UserError
 from stgnn_launch.errors import expect as _check  # one message shape: "<key>: expected ..., found ..."
+
+
+# ---- the choices: each allowed value written once ----------------------------------------------------
+# StrEnums: a member is its string (`cfg.batching.mode == "index"`, f-strings, JSON and config.yaml all see
+# the plain value), and OmegaConf refuses any other value when it composes (by name: names = values).
+class SplitProtocol(StrEnum):
+    dcrnn = "dcrnn"  # by sample: train / test / the rest is validation
+    tgcn = "tgcn"  # by time step, windows inside each part
+
+
+class Covariates(StrEnum):
+    auto = "auto"  # time of day for sub-daily steps only
+    time_of_day = "time_of_day"
+    none = "none"
+
+
+class AxisOrder(StrEnum):
+    """Axes of an .npy/.npz array: T time, N sensors, F features."""
+
+    TN = "TN"
+    NT = "NT"
+    TNF = "TNF"
+    NTF = "NTF"
+    NFT = "NFT"
+    TFN = "TFN"
+
+
+class BatchingMode(StrEnum):
+    standard = "standard"  # every window materialised up front (the field's pipeline, the memory baseline)
+    index = "index"  # the series once, each batch one gather from its window starts
+    dist_index = "dist_index"  # index over the node's one shared copy, ranks taking disjoint shards
+
+
+class DataDevice(StrEnum):
+    cpu = "cpu"  # host memory, one copy per node
+    gpu = "gpu"  # one copy per GPU
+    auto = "auto"  # gpu when the estimate fits the GPU's memory
+
+
+class SeriesDtype(StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Shard(StrEnum):
+    index = "index"  # every rank maps the node's copy and takes a shard of the window starts
+    time = "time"  # each rank loads only its time range
+
+
+class LrScaling(StrEnum):
+    none = "none"
+    linear = "linear"
+    sqrt = "sqrt"
+
+
+class LauncherName(StrEnum):
+    local = "local"  # this machine (torchrun when gpus > 1)
+    slurm = "slurm"  # submitit
+
+
+class Backend(StrEnum):
+    auto = "auto"  # nccl on GPUs, gloo on CPUs
+    gloo = "gloo"  # on GPUs too: ranks may then share a GPU
+
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+def one_of(kind: type[StrEnum]) -> str:
+    return "one of " + ", ".join(kind)
+
+
+def choice(kind: type[Choice], value: object, key: str) -> Choice:
+    """`value` as a member of `kind` (OmegaConf hands one already; Python code may pass its string), or the
+    one-line refusal naming the key, the allowed values and what was found."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise UserError(f"{key}: expected {one_of(kind)}, found {value!r}") from None
 
 
 @dataclass(kw_only=True)
@@ -23,17 +105,17 @@ class DatasetConfig:
     adj_path: Optional[str] = None  # graph file (.pkl DCRNN, .csv/.npy dense); None = synthetic's own
     start: str = "2012-03-01T00:00"  # first timestamp, for files without timestamps (csv, npy)
     freq: str = "5min"  # step, for files without timestamps
-    axis_order: str = "TN"  # axes of an .npy/.npz array: TN, NT, TNF, NTF, NFT, TFN
+    axis_order: AxisOrder = AxisOrder.TN
     num_nodes: int = 80  # synthetic only
     num_steps: int = 4032  # synthetic only (two weeks of 5-minute steps)
     seed: int = 0  # synthetic only
     cache_dir: Optional[str] = None  # where generated/converted files go; None = ~/.cache/stgnn-launch
     null_value: Optional[float] = 0.0  # readings equal to this are missing (scaler, metrics); null: none is
-    covariates: str = "auto"  # auto: time of day for sub-daily steps only | time_of_day | none
+    covariates: Covariates = Covariates.auto
     train_ratio: float = 0.7  # dcrnn split only: share of the windows for training
     test_ratio: float = 0.2  # share of the windows (dcrnn) or of the time steps (tgcn) at the end for testing
     day_of_week: bool = False  # add a day-of-week covariate after time-of-day
-    split: str = "dcrnn"  # dcrnn: by sample, train/test/rest = val; tgcn: by time step, windows inside each part
+    split: SplitProtocol = SplitProtocol.dcrnn
     val_ratio_of_train: float = 0.2  # tgcn split only: the last share of the training part's steps = validation
 
     def __post_init__(self) -> None:
@@ -41,16 +123,14 @@ class DatasetConfig:
         _check(self.num_steps >= 2, "dataset.num_steps", "at least 2", self.num_steps)
         _check(0 < self.train_ratio < 1, "dataset.train_ratio", "a fraction in (0, 1)", self.train_ratio)
         _check(0 < self.test_ratio < 1, "dataset.test_ratio", "a fraction in (0, 1)", self.test_ratio)
-        _check(self.split in ("dcrnn", "tgcn"), "dataset.split", "dcrnn or tgcn", self.split)
+        self.split = choice(SplitProtocol, self.split, "dataset.split")
         if self.split == "dcrnn":
             _check(self.train_ratio + self.test_ratio < 1, "dataset.train_ratio + dataset.test_ratio",
                    "less than 1 (the rest is validation)", self.train_ratio + self.test_ratio)
         _check(0 < self.val_ratio_of_train < 1, "dataset.val_ratio_of_train", "a fraction in (0, 1)",
                self.val_ratio_of_train)
-        _check(self.covariates in ("auto", "time_of_day", "none"), "dataset.covariates",
-               "auto, time_of_day or none", self.covariates)
-        _check(self.axis_order in ("TN", "NT", "TNF", "NTF", "NFT", "TFN"), "dataset.axis_order",
-               "one of TN, NT, TNF, NTF, NFT, TFN", self.axis_order)
+        self.covariates = choice(Covariates, self.covariates, "dataset.covariates")
+        self.axis_order = choice(AxisOrder, self.axis_order, "dataset.axis_order")
         if self.name != "synthetic":
             _check(self.path is not None, "dataset.path",
                    f"the series file of dataset {self.name!r} (set dataset.path=...)", self.path)
@@ -94,7 +174,7 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class BatchingConfig:
-    mode: str = "index"  # standard | index | dist_index
+    mode: BatchingMode = BatchingMode.index
     window: int = 12
     horizon: int = 12
     stride: int = 1  # steps between consecutive window starts
@@ -105,16 +185,14 @@ class BatchingConfig:
     global_batch_size: Optional[int] = None  # fixed over world sizes: batch_size = this / ranks (a sweep
     #                                          over GPU counts then compares like with like)
     shuffle: bool = True
-    device: str = "auto"  # where the series (or standard's windows) lives: cpu (host, one copy per node) |
-    #                       gpu (one copy per GPU) | auto (gpu when the estimate fits the GPU's memory)
-    dtype: str = "float32"  # resident series precision: float32 | bfloat16 | float16 (inputs cast per batch)
-    shard: str = "index"  # dist_index: index (every rank maps the node's copy) | time (rank loads its range)
+    device: DataDevice = DataDevice.auto  # where the series (or standard's windows) lives
+    dtype: SeriesDtype = SeriesDtype.float32  # resident series precision (inputs cast to float32 per batch)
+    shard: Shard = Shard.index  # dist_index only
     prefetch: bool = True  # gather batch k+1 in a background thread while step k runs
     prefetch_depth: int = 2  # batches gathered ahead
 
     def __post_init__(self) -> None:
-        _check(self.mode in ("standard", "index", "dist_index"), "batching.mode",
-               "one of standard, index, dist_index", self.mode)
+        self.mode = choice(BatchingMode, self.mode, "batching.mode")
         _check(self.window >= 1, "batching.window", "a positive number of steps", self.window)
         _check(self.horizon >= 1, "batching.horizon", "a positive number of steps", self.horizon)
         _check(self.stride >= 1, "batching.stride", "a positive number of steps", self.stride)
@@ -125,14 +203,13 @@ class BatchingConfig:
                "a positive integer", self.max_batch_size)
         _check(self.eval_batch_size is None or self.eval_batch_size >= 1, "batching.eval_batch_size",
                "a positive integer or null", self.eval_batch_size)
-        _check(self.device in ("cpu", "gpu", "auto"), "batching.device", "cpu, gpu or auto", self.device)
-        _check(self.dtype in ("float32", "bfloat16", "float16"), "batching.dtype", "float32, bfloat16 or float16",
-               self.dtype)
+        self.device = choice(DataDevice, self.device, "batching.device")
+        self.dtype = choice(SeriesDtype, self.dtype, "batching.dtype")
         _check(self.global_batch_size is None or self.global_batch_size >= 1, "batching.global_batch_size",
                "a positive integer or null", self.global_batch_size)
         _check(self.prefetch_depth >= 1, "batching.prefetch_depth", "a positive number of batches",
                self.prefetch_depth)
-        _check(self.shard in ("index", "time"), "batching.shard", "index or time", self.shard)
+        self.shard = choice(Shard, self.shard, "batching.shard")
 
 
 AUTO_MAX_EPOCHS = 500  # max_epochs=auto's ceiling: patience or the time budget end a run long before
@@ -158,7 +235,7 @@ class TrainerConfig:
     bf16: bool = False  # autocast to bfloat16 on CUDA
     tf32: bool = True  # TF32 matmuls and convolutions on GPUs that have them (Ampere and later)
     compile: bool = False  # torch.compile the model (fewer kernel launches where steps are launch-bound)
-    lr_scaling: str = "none"  # with batching.global_batch_size: none | linear | sqrt in the global batch / 64
+    lr_scaling: LrScaling = LrScaling.none  # with batching.global_batch_size: linear | sqrt in the global batch / 64
     log_every_s: float = 30.0  # without a terminal: a progress line this often
     tensorboard: bool = False  # per-epoch metrics to TensorBoard (run_dir/tensorboard) as well
     save_predictions: bool = False  # de-normalised test predictions, targets and mask in predictions.npz
@@ -191,8 +268,7 @@ class TrainerConfig:
         _check(self.time_budget_min is None or self.time_budget_min > 0, "trainer.time_budget_min",
                "a positive number of minutes or null", self.time_budget_min)
         _check(self.lr > 0, "trainer.lr", "a positive learning rate", self.lr)
-        _check(self.lr_scaling in ("none", "linear", "sqrt"), "trainer.lr_scaling", "none, linear or sqrt",
-               self.lr_scaling)
+        self.lr_scaling = choice(LrScaling, self.lr_scaling, "trainer.lr_scaling")
         _check(self.log_every_s > 0, "trainer.log_every_s", "a positive number of seconds", self.log_every_s)
         _check(self.checkpoint_every_min is None or self.checkpoint_every_min > 0, "trainer.checkpoint_every_min",
                "a positive number of minutes or null", self.checkpoint_every_min)
@@ -212,7 +288,7 @@ class TrainerConfig:
 class LauncherConfig:
     """How the ranks are started: `local` (this machine, torchrun when gpus > 1) or `slurm` (submitit)."""
 
-    name: str = "local"  # local | slurm
+    name: LauncherName = LauncherName.local
     gpus_per_node: int = 4  # ranks per node on Slurm (GPUs, or CPU processes on a CPU cluster)
     partition: Optional[str] = None
     account: Optional[str] = None
@@ -237,14 +313,14 @@ class LauncherConfig:
     local_addr: Optional[str] = None  # torchrun --local_addr: the address this node announces (local runs)
     rdzv_conf: Optional[str] = None  # torchrun --rdzv_conf, e.g. "join_timeout=900,read_timeout=120"
     socket_ifname: Optional[str] = None  # GLOO_/NCCL_SOCKET_IFNAME; on Slurm each node announces its address on it
-    backend: str = "auto"  # auto (nccl on GPUs, gloo on CPUs) | gloo: on GPUs too, ranks may then share a GPU
+    backend: Backend = Backend.auto
     gpu_mem_gb: Optional[float] = None  # memory of one GPU of the Slurm nodes: the plan checks the device side
     # Timeout of every training collective (the default process group): a dead or hung rank stops the others
     # after it. The setup's waits (a node's first rank loading the data) have dist_timeout_min instead.
     collective_timeout_min: float = 5.0
 
     def __post_init__(self) -> None:
-        _check(self.name in ("local", "slurm"), "launcher.name", "local or slurm", self.name)
+        self.name = choice(LauncherName, self.name, "launcher.name")
         _check(self.gpus_per_node >= 1, "launcher.gpus_per_node", "a positive integer", self.gpus_per_node)
         _check(self.time_min >= 1, "launcher.time_min", "a positive number of minutes", self.time_min)
         _check(self.dist_timeout_min > 0, "launcher.dist_timeout_min", "a positive number of minutes",
@@ -259,7 +335,7 @@ class LauncherConfig:
         _check(self.array_parallelism is None or self.array_parallelism >= 1, "launcher.array_parallelism",
                "a positive number of array tasks running at once, or null (one job per sweep point)",
                self.array_parallelism)
-        _check(self.backend in ("auto", "gloo"), "launcher.backend", "auto or gloo", self.backend)
+        self.backend = choice(Backend, self.backend, "launcher.backend")
         _check(self.gpu_mem_gb is None or self.gpu_mem_gb > 0, "launcher.gpu_mem_gb", "a positive number of GiB or null",
                self.gpu_mem_gb)
         _check(self.rdzv_conf is None or all("=" in item for item in self.rdzv_conf.split(",")),
@@ -311,3 +387,17 @@ def register_configs() -> None:
     # `model.params.hidden=64` works without `+` for model=custom and pyg_recurrent, whose keys no yaml lists.
     OmegaConf.set_struct(schema.model.params, False)
     ConfigStore.instance().store(name="schema", node=schema)
+
+
+def choice_keys() -> dict[str, type[StrEnum]]:
+    """Every key whose value is a choice, with its StrEnum: {"batching.mode": BatchingMode, ...}."""
+    from dataclasses import fields, is_dataclass
+    from typing import get_type_hints
+
+    keys = {}
+    for group, kind in get_type_hints(Config).items():
+        if is_dataclass(kind):
+            hints = get_type_hints(kind)
+            keys.update({f"{group}.{f.name}": hints[f.name] for f in fields(kind)
+                         if isinstance(hints[f.name], type) and issubclass(hints[f.name], StrEnum)})
+    return keys

@@ -91,16 +91,8 @@ class DCRNN(HostState):
 
     trainable = True
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        *,
-        rnn_units: int = 64,
-        num_rnn_layers: int = 2,
-        max_diffusion_step: int = 2,
-        cl_decay_steps: int = 2000,
-        use_curriculum_learning: bool = True,
-    ):
+    def __init__(self, spec: ModelSpec, *, rnn_units: int = 64, num_rnn_layers: int = 2, max_diffusion_step: int = 2,
+                 cl_decay_steps: int = 2000, use_curriculum_learning: bool = True):
         super().__init__()
         expect(rnn_units >= 1, "model.params.rnn_units", "a positive number of units", rnn_units)
         expect(num_rnn_layers >= 1, "model.params.num_rnn_layers", "at least 1 layer", num_rnn_layers)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from stgnn_launch.config.schema import Config
-from stgnn_launch.data.batching.windows import INPUT_TABLE_MAX_BYTES
+from stgnn_launch.config.schema import Config, LauncherName
+from stgnn_launch.data.batching.modes import Term
 from stgnn_launch.distributed.context import RankEnv
-from stgnn_launch.planning.layout import Layout, covariate_count, decide_layout, prepare_spec
+from stgnn_launch.planning.layout import Layout, covariate_count, data_geometry, decide_layout, prepare_spec
 from stgnn_launch.planning.machine import Machine
 from stgnn_launch.planning.probe import ActivationProfile
 
@@ -44,16 +44,6 @@ NCCL_BUFFER_BYTES = 512 * 2**20  # NCCL's communicator buffers per rank (4 MiB x
 GPU_USABLE_SHARE = 0.92  # fit against this share of a GPU: the caching allocator's fragmentation, other tenants
 OPTIMIZER_COPIES = 4  # weights, gradients, Adam's two moments
 _GiB = 2**30
-
-
-@dataclass(frozen=True)
-class Term:
-    name: str
-    phase: str  # load | train | both
-    host_rank: int = 0  # private host bytes of each rank
-    host_node: int = 0  # host bytes shared by the node's ranks (counted once per node)
-    device_rank: int = 0  # device bytes of each rank
-    tensors: bool = True  # device bytes the caching allocator holds as tensors (False: context, NCCL)
 
 
 @dataclass(frozen=True)
@@ -117,13 +107,13 @@ def host_memory_bytes() -> int | None:
 def host_limit(cfg: Config) -> tuple[int | None, str]:
     if cfg.launcher.mem_gb:
         return cfg.launcher.mem_gb * _GiB, "launcher.mem_gb"
-    if cfg.launcher.name == "slurm":
+    if cfg.launcher.name == LauncherName.slurm:
         return None, "unknown: set launcher.mem_gb"  # this login node says nothing of the compute nodes
     return host_memory_bytes(), "this machine"
 
 
 def ranks_per_node(cfg: Config) -> int:
-    return min(cfg.gpus, cfg.launcher.gpus_per_node) if cfg.launcher.name == "slurm" else cfg.gpus
+    return min(cfg.gpus, cfg.launcher.gpus_per_node) if cfg.launcher.name == LauncherName.slurm else cfg.gpus
 
 
 def planned_layout(cfg: Config, shape: tuple[int, int, int], machine: Machine, world: int | None = None,
@@ -136,42 +126,6 @@ def planned_layout(cfg: Config, shape: tuple[int, int, int], machine: Machine, w
 
 
 # ---- the estimate -------------------------------------------------------------------------------
-def _data_terms(cfg: Config, layout: Layout, shape: tuple[int, int, int]) -> list[Term]:
-    """The series (index modes) or the windows (standard), where the Layout puts them."""
-    t, n, f = shape
-    b = cfg.batching
-    w, h, c = b.window, b.horizon, covariate_count(cfg)
-    f_out = prepare_spec(cfg).out_features
-    covariates = t * c * 4
-    if layout.mode == "standard":
-        windows = max(0, (t - w - h) // b.stride + 1)
-        window_bytes = windows * (w * n * (f + c) + h * n * f_out) * 4
-        on_gpu = layout.data_on_gpu
-        return [Term("materialised windows (all splits)", "both", 0 if on_gpu else window_bytes,
-                     device_rank=window_bytes if on_gpu else 0),
-                Term("series while windows are cut", "load", t * n * f * 4 + covariates),
-                Term("window chunk being cut", "load", 2 * 1024 * (w * n * (f + c) + h * n * f_out) * 4
-                     + 1024 * (w + h) * n * f * 4)]
-    steps = layout.resident_steps(t, cfg)
-    series = steps * n * f * layout.series_dtype.itemsize
-    terms = []
-    if layout.node_shared:
-        terms.append(Term("resident series (node-shared)", "both", host_node=series))
-    elif not layout.data_on_gpu:
-        terms.append(Term("resident series", "both", series))
-    else:  # read into host memory, copied to the GPU, the host copy dropped
-        terms.append(Term("series read before the GPU copy", "load", series))
-    if layout.data_on_gpu:
-        terms.append(Term("resident series (on each GPU)", "both", device_rank=series))
-    if layout.series_dtype.itemsize != 4:  # read as float32, then cast: both exist for a moment
-        terms.append(Term("float32 read before the cast", "load", steps * n * f * 4))
-    terms.append(Term("covariates table", "both", covariates))
-    table = t * n * (f + c) * 4
-    if layout.mode == "index" and not layout.cuda and table <= INPUT_TABLE_MAX_BYTES:
-        terms.append(Term("model-input table (z-scored once)", "both", table))  # windows.py: CPU batches
-    return terms
-
-
 def _graph_and_baseline_terms(cfg: Config, layout: Layout, shape: tuple[int, int, int]) -> list[Term]:
     t, n, f = shape
     # Kept as an edge list (+ the models' sparse operators), assumed at most GRAPH_DEGREE edges per sensor; a
@@ -194,7 +148,7 @@ def _training_terms(cfg: Config, layout: Layout, shape: tuple[int, int, int], pr
     b = cfg.batching
     w, h, c = b.window, b.horizon, covariate_count(cfg)
     f_out = prepare_spec(cfg).out_features
-    cuda, itemsize = layout.cuda, layout.series_dtype.itemsize
+    cuda = layout.cuda
     dev = (lambda v: v) if cuda else (lambda v: 0)
     here = (lambda v: 0) if cuda else (lambda v: v)  # model-side bytes: host on CPU, device on GPU
     x_bytes, y_bytes = batch * w * n * (f + c) * 4, batch * h * n * f_out * 4
@@ -203,7 +157,7 @@ def _training_terms(cfg: Config, layout: Layout, shape: tuple[int, int, int], pr
     terms = [Term("model + gradients + Adam", "train", here(model), device_rank=dev(model))]
     staged = b.prefetch and not layout.data_on_gpu
     if staged:
-        slot = (x_bytes + y_bytes) if b.mode == "standard" else batch * ((w + h) * n * f * itemsize + 8)
+        slot = layout.batching.staging_slot_bytes(data_geometry(cfg, shape, layout), batch)
         terms.append(Term(f"staging ring ({b.prefetch_depth + 1} batches)", "train", (b.prefetch_depth + 1) * slot))
         if cuda:  # each staged batch's device copy until the step that uses it is done
             terms.append(Term("batches in flight on the device", "train",
@@ -232,7 +186,7 @@ def estimate_memory(cfg: Config, shape: tuple[int, int, int], machine: Machine, 
     layout = layout or planned_layout(cfg, shape, machine)
     local = layout.local_world
     terms = [Term("runtime (python, torch)", "both", RUNTIME_HOST_BYTES + (CUDA_HOST_BYTES if layout.cuda else 0))]
-    terms += _data_terms(cfg, layout, shape)
+    terms += layout.batching.data_terms(data_geometry(cfg, shape, layout), layout)  # the series or the windows
     terms += _graph_and_baseline_terms(cfg, layout, shape)
     terms += _training_terms(cfg, layout, shape, profile, batch_size)
 

@@ -8,7 +8,8 @@ rank reads one number: ranks on GPUs of different memory never choose different 
 
 from __future__ import annotations
 
-from stgnn_launch.config.schema import Config
+from stgnn_launch.config.schema import BatchingMode, Config, LauncherName, SeriesDtype
+from stgnn_launch.data.batching.modes import batching_mode
 from stgnn_launch.errors import UserError
 from stgnn_launch.planning.estimate import MemoryEstimate, estimate_memory, planned_layout, ranks_per_node
 from stgnn_launch.planning.layout import Layout
@@ -83,11 +84,12 @@ def suggest(cfg: Config, shape: tuple[int, int, int], machine: Machine, profile:
         return estimate_memory(changed, shape, machine, profile, size, layout).fits
 
     b = cfg.batching
-    base: tuple[str, ...] = ("batching=index",) if b.mode == "standard" else ()
+    materialised = batching_mode(b.mode).materialises_windows
+    base: tuple[str, ...] = (f"batching={BatchingMode.index}",) if materialised else ()
     tries: list[tuple[str, ...]] = [base] if base else []
-    if b.mode == "standard" and world > 1:
-        tries.append(("batching=dist_index",))
-    if b.dtype == "float32":
+    if materialised and world > 1:
+        tries.append((f"batching={BatchingMode.dist_index}",))
+    if b.dtype == SeriesDtype.float32:
         tries.append(base + ("batching.dtype=bfloat16",))
     if not cfg.trainer.activation_checkpointing:
         tries.append(base + ("trainer.activation_checkpointing=true",))
@@ -105,7 +107,7 @@ def suggest(cfg: Config, shape: tuple[int, int, int], machine: Machine, profile:
 
 def target_machine(cfg: Config) -> Machine:
     """The machine the ranks run on: this one, or launcher=slurm's nodes (GPUs of launcher.gpu_mem_gb)."""
-    if cfg.launcher.name == "slurm":  # the compute nodes, not this login node
+    if cfg.launcher.name == LauncherName.slurm:  # the compute nodes, not this login node
         gpus = 0 if cfg.launcher.cpu else cfg.launcher.gpus_per_node
         memory = int(cfg.launcher.gpu_mem_gb * 2**30) if cfg.launcher.gpu_mem_gb and gpus else None
         return Machine(cores=cfg.launcher.cpus_per_task or 1, gpus=gpus, gpu_memory_bytes=memory)

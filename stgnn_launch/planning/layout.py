@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-from stgnn_launch.config.schema import Config
+from stgnn_launch.config.schema import Config, Covariates, DataDevice, Shard
+from stgnn_launch.data.batching.modes import DataGeometry, StandardMode, IndexMode, batching_mode
 from stgnn_launch.data.prepare import PrepareSpec
 from stgnn_launch.distributed.context import RankEnv
 from stgnn_launch.errors import UserError
@@ -23,7 +24,7 @@ GPU_DATA_SHARE = 0.5  # batching.device=auto puts the data on the GPU when it ta
 
 @dataclass(frozen=True)
 class Layout:
-    mode: str  # standard | index | dist_index
+    mode: str  # batching.mode (a BatchingMode); `batching` is its object
     shard: str  # none | index (ranks share the node's series) | time (each rank loads its range)
     node_shared: bool  # one host copy of the series per node, in shared memory (GPU ranks copy from it)
     compute_device: torch.device
@@ -42,6 +43,10 @@ class Layout:
     def data_on_gpu(self) -> bool:
         return self.data_device.type == "cuda"
 
+    @property
+    def batching(self) -> StandardMode | IndexMode:
+        return batching_mode(self.mode)
+
     def resident_steps(self, steps: int, cfg: Config) -> int:
         """Steps of the series one rank holds: its own range plus a window's overlap under time shards."""
         if self.shard != "time":
@@ -56,15 +61,24 @@ def prepare_spec(cfg: Config) -> PrepareSpec:
                        null_value=d.null_value, covariates=d.covariates, day_of_week=d.day_of_week)
 
 
-def estimated_data_bytes(cfg: Config, shape: tuple[int, int, int]) -> int:
-    """Bytes the data takes where it lives: the resident series (index modes) or every window (standard)."""
+def data_geometry(cfg: Config, shape: tuple[int, int, int], layout: Layout | None = None) -> DataGeometry:
+    """The sizes of the data of `shape` under this config, as one rank of `layout` holds it. Without a layout
+    (before the data device is decided): every step, and the covariates any series could have."""
     t, n, f = shape
     b = cfg.batching
-    if b.mode != "standard":
-        return t * n * f * DTYPES[b.dtype].itemsize
-    windows = max(0, (t - b.window - b.horizon) // b.stride + 1)
-    covariates = 1 + int(cfg.dataset.day_of_week)  # at most; a weekly series has none
-    return windows * (b.window * n * (f + covariates) + b.horizon * n) * 4
+    if layout is None:  # time of day and day of week, at most (a weekly series has none)
+        covariates, out_features, steps = 1 + int(cfg.dataset.day_of_week), 1, t
+    else:
+        covariates, out_features, steps = covariate_count(cfg), prepare_spec(cfg).out_features, \
+            layout.resident_steps(t, cfg)
+    return DataGeometry(steps=t, nodes=n, features=f, covariates=covariates, out_features=out_features,
+                        window=b.window, horizon=b.horizon, stride=b.stride, resident_steps=steps,
+                        itemsize=DTYPES[b.dtype].itemsize)
+
+
+def estimated_data_bytes(cfg: Config, shape: tuple[int, int, int]) -> int:
+    """Bytes the data takes where it lives: the resident series (index modes) or every window (standard)."""
+    return batching_mode(cfg.batching.mode).data_bytes(data_geometry(cfg, shape))
 
 
 def decide_compute(cfg: Config, env: RankEnv, machine: Machine) -> tuple[torch.device, str | None]:
@@ -82,15 +96,15 @@ def decide_compute(cfg: Config, env: RankEnv, machine: Machine) -> tuple[torch.d
 
 def decide_shard(cfg: Config, world: int) -> str:
     b = cfg.batching
-    if b.mode != "dist_index" or world == 1:
+    if not batching_mode(b.mode).shards_ranks or world == 1:
         return "none"
-    return "time" if b.shard == "time" else "index"
+    return str(Shard(b.shard))
 
 
 def decide_node_sharing(shard: str, local_world: int) -> bool:
     """One host copy per node whenever the node's ranks read the same series, on CPU and GPU nodes alike:
     GPU ranks make their device copies from the shared pages and hold no private host copy."""
-    return shard == "index" and local_world > 1
+    return shard == Shard.index and local_world > 1
 
 
 def decide_data_device(cfg: Config, compute: torch.device, machine: Machine,
@@ -99,10 +113,10 @@ def decide_data_device(cfg: Config, compute: torch.device, machine: Machine,
     device = cfg.batching.device
     if compute.type != "cuda":
         return torch.device("cpu"), ("batching.device=gpu without a GPU: the data stays in host memory"
-                                     if device == "gpu" else None)
-    if device == "gpu":
+                                     if device == DataDevice.gpu else None)
+    if device == DataDevice.gpu:
         return compute, None
-    if device == "cpu":
+    if device == DataDevice.cpu:
         return torch.device("cpu"), None
     need = estimated_data_bytes(cfg, dataset_shape()) if dataset_shape and machine.gpu_memory_bytes else None
     if need is not None and need <= GPU_DATA_SHARE * machine.gpu_memory_bytes:
@@ -128,4 +142,4 @@ def decide_layout(cfg: Config, env: RankEnv, machine: Machine,
 
 def covariate_count(cfg: Config) -> int:
     """At most: time of day unless disabled (a daily or longer step has none), day of week if asked."""
-    return int(cfg.dataset.covariates != "none") + int(cfg.dataset.day_of_week)
+    return int(cfg.dataset.covariates != Covariates.none) + int(cfg.dataset.day_of_week)

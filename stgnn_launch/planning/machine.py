@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from stgnn_launch.config.schema import SeriesDtype
 from stgnn_launch.distributed.context import usable_cores
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {SeriesDtype.float32: torch.float32, SeriesDtype.bfloat16: torch.bfloat16, SeriesDtype.float16: torch.float16}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from stgnn_launch.config.schema import Config
+from stgnn_launch.config.schema import Config, LrScaling
 from stgnn_launch.data.prepare import PrepareSpec
 from stgnn_launch.distributed.context import RankEnv
 from stgnn_launch.planning.fit import resolve_auto_batch
@@ -76,9 +76,9 @@ def make_plan(cfg: Config, env: RankEnv, machine: Machine,
     if note:
         notes.append(note)
     lr = cfg.trainer.lr
-    if cfg.batching.global_batch_size is not None and cfg.trainer.lr_scaling != "none":
+    if cfg.batching.global_batch_size is not None and cfg.trainer.lr_scaling != LrScaling.none:
         ratio = global_batch / 64  # the reference global batch of the field's protocols
-        lr = lr * (ratio if cfg.trainer.lr_scaling == "linear" else math.sqrt(ratio))
+        lr = lr * (ratio if cfg.trainer.lr_scaling == LrScaling.linear else math.sqrt(ratio))
         notes.append(f"learning rate {cfg.trainer.lr:g} scaled ({cfg.trainer.lr_scaling}) to {lr:g}")
     ranks_sharing_cores = max(1, env.local_world_size)
     threads = cfg.trainer.num_threads or max(1, machine.cores // ranks_sharing_cores)

@@ -39,7 +39,6 @@ SPLIT_COLUMNS = [*SPLIT_KEYS, "data_wait_fraction"]
 ACCURACY_COLUMNS = [f"test_{metric}_{h}" for h in HORIZONS for metric in ("mae", "rmse", "mape_pct")]
 TAIL_COLUMNS = ["epochs", "best_epoch", "setup_time_s", "wall_time_s", "attempts", "run_dir", "job_id", "error"]
 CSV_COLUMNS = ID_COLUMNS + PERF_COLUMNS + MEMORY_COLUMNS + SPLIT_COLUMNS + ACCURACY_COLUMNS + TAIL_COLUMNS
-NUMERIC_COLUMNS = PERF_COLUMNS + MEMORY_COLUMNS + SPLIT_COLUMNS + ACCURACY_COLUMNS + ["setup_time_s", "wall_time_s"]
 
 
 @dataclass

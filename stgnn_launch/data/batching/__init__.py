@@ -13,22 +13,20 @@ from __future__ import annotations
 import torch
 
 from stgnn_launch.data.batching.feed import BatchFeed, StagingRing
-from stgnn_launch.data.batching.schedule import Batcher, eval_positions
+from stgnn_launch.data.batching.modes import MODES, DataGeometry, Term, batching_mode
+from stgnn_launch.data.batching.schedule import TrainSchedule, eval_positions
 from stgnn_launch.data.batching.windows import (Batch, Finisher, IndexedWindows, MaterializedWindows, Parts,
                                                 WindowSource, take)
 from stgnn_launch.data.prepare import Prepared
 
-MODES = ("standard", "index", "dist_index")
+Batcher = TrainSchedule  # the old name, while train/ still imports it
 
-__all__ = ["MODES", "Batch", "BatchFeed", "Batcher", "Finisher", "IndexedWindows", "MaterializedWindows", "Parts",
-           "StagingRing", "WindowSource", "build_source", "eval_positions", "take"]
+__all__ = ["MODES", "Batch", "BatchFeed", "Batcher", "DataGeometry", "Finisher", "IndexedWindows",
+           "MaterializedWindows", "Parts", "StagingRing", "Term", "TrainSchedule", "WindowSource", "batching_mode",
+           "build_source", "eval_positions", "take"]
 
 
 def build_source(mode: str, prepared: Prepared, data_device: torch.device,
                  compute_device: torch.device | None = None) -> WindowSource:
     """The window source of `mode`, its data on `data_device` (the series, or standard's windows)."""
-    if mode == "standard":
-        return MaterializedWindows(prepared, data_device)
-    # `index` finishes on the CPU from an input table built once (one process, its own copy); `dist_index`
-    # keeps the node's one shared copy and nothing per rank, so it finishes per batch (the same values)
-    return IndexedWindows(prepared, data_device, compute_device, input_table=mode == "index")
+    return batching_mode(mode).source(prepared, data_device, compute_device)

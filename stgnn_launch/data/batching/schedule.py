@@ -15,7 +15,9 @@ import torch
 
 
 @dataclass
-class Batcher:
+class TrainSchedule:
+    """The training windows' positions of rank `rank` of `world`, epoch by epoch, in batches."""
+
     num_train: int
     batch_size: int
     shuffle: bool

@@ -14,7 +14,6 @@ from stgnn_launch.errors import UserError
 
 _DAY_NS = 86_400 * 10**9
 _WEEK_NS = 7 * _DAY_NS
-COVARIATE_CHOICES = ("auto", "time_of_day", "none")
 
 
 def step_ns(step: np.timedelta64) -> int:

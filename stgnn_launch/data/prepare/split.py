@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from stgnn_launch.config.schema import SplitProtocol, one_of
 from stgnn_launch.errors import UserError
 
 SPLITS = ("train", "val", "test")
-SPLIT_PROTOCOLS = ("dcrnn", "tgcn")
+
+
+def window_count(num_steps: int, span: int, stride: int) -> int:
+    """Windows of `span` = W + H steps, `stride` apart, in `num_steps` steps (0 when none fits): the one count
+    of the split, the planner and the batching modes' memory terms."""
+    return max(0, (num_steps - span) // stride + 1)
 
 
 def split_starts(num_steps: int, window: int, horizon: int, stride: int,
@@ -21,7 +27,7 @@ def split_starts(num_steps: int, window: int, horizon: int, stride: int,
     if num_steps < span:
         raise UserError(f"series length: expected at least batching.window + batching.horizon = {span} steps, "
                         f"found {num_steps}")
-    n = (num_steps - span) // stride + 1
+    n = window_count(num_steps, span, stride)
     num_test = round(n * test_ratio)
     num_train = round(n * train_ratio)
     num_val = n - num_test - num_train
@@ -68,7 +74,7 @@ def window_starts(num_steps: int, *, window: int, horizon: int, stride: int, tra
         return split_starts(num_steps, window, horizon, stride, train_ratio, test_ratio)
     if split == "tgcn":
         return split_starts_tgcn(num_steps, window, horizon, stride, test_ratio, val_ratio_of_train)
-    raise UserError(f"dataset.split: expected one of {', '.join(SPLIT_PROTOCOLS)}, found {split!r}")
+    raise UserError(f"dataset.split: expected {one_of(SplitProtocol)}, found {split!r}")
 
 
 def input_ranges(starts: np.ndarray, window: int) -> list[tuple[int, int]]:

@@ -115,7 +115,7 @@ def _montevideo_bus(path: Path, data: Any) -> Series:
             raise UserError(f"{path}: expected link {k} to join two listed node ids, "
                             f"found {link['source']!r} -> {link['target']!r}")
         distances[source, target] = float(link["weight"])
-    # Road distances (m) -> weights with DCRNN's Gaussian kernel, w = exp(-(d / std(d))^2) (data/graph.py),
+    # Road distances (m) -> weights with DCRNN's Gaussian kernel, w = exp(-(d / std(d))^2) (data/graph/kernel.py),
     # so closer stops weigh more; direction kept: row = source stop, column = target. DCRNN's 0.1 cut-off
     # is not applied: it sparsifies all-pairs distances, whereas these 690 links already are the sparse
     # road graph (std 174 m; the cut would drop 369 of them, median weight 0.08, and cut the lines apart).

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stgnn_launch.config.paths import existing_file
+from stgnn_launch.config.schema import AxisOrder
 from stgnn_launch.data.series import Series, regular_timestamps
 from stgnn_launch.errors import UserError
 
-AXIS_ORDERS = ("TN", "NT", "TNF", "NTF", "NFT", "TFN")
+AXIS_ORDERS = tuple(AxisOrder)
 DEFAULT_START = "2012-03-01T00:00"
 DEFAULT_FREQ = "5min"
 _TIME_HEADERS = {"", "timestamp", "time", "date", "datetime"}
@@ -57,18 +59,9 @@ def collect(source: TableSource) -> Series:
     return Series(torch.from_numpy(out), timestamps, source.sensor_ids, None, source.feature_names)
 
 
-def read_csv(path: str | os.PathLike, start: str = DEFAULT_START, freq: str = DEFAULT_FREQ) -> Series:
-    return collect(csv_source(path, start, freq))
-
-
-def read_array(path: str | os.PathLike, key: str | None = None, axis_order: str = "TN",
-               start: str = DEFAULT_START, freq: str = DEFAULT_FREQ) -> Series:
-    return collect(array_source(path, key, axis_order, start, freq))
-
-
 def csv_source(path: str | os.PathLike, start: str = DEFAULT_START, freq: str = DEFAULT_FREQ) -> TableSource:
     """Reads the header and counts the rows now (one cheap pass); values are parsed by `blocks()`."""
-    path = _existing(path)
+    path = existing_file(path)
     with path.open(newline="", encoding="utf-8-sig") as file:
         header = [cell.strip() for cell in next(csv.reader(file), [])]
         timed = bool(header) and header[0].lower() in _TIME_HEADERS
@@ -104,7 +97,7 @@ def array_source(path: str | os.PathLike, key: str | None = None, axis_order: st
     order = str(axis_order).upper()
     if order not in AXIS_ORDERS:
         raise UserError(f"axis order: expected one of {', '.join(AXIS_ORDERS)}, found {axis_order!r}")
-    path = _existing(path)
+    path = existing_file(path)
     array = _load_array(path, key)
     if array.ndim != len(order):
         raise UserError(f"{path}: expected a {len(order)}-d array for axis order {order}, found shape {array.shape}")
@@ -123,13 +116,6 @@ def array_source(path: str | os.PathLike, key: str | None = None, axis_order: st
 
     names = ["value"] + [f"value_{i}" for i in range(1, num_features)]
     return TableSource(num_steps, [str(i) for i in range(num_nodes)], names, blocks)
-
-
-def _existing(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: expected an existing file, found nothing there")
-    return path
 
 
 def _check_ids(path: Path, sensor_ids: list[str], first_column: int) -> None:
