@@ -21,7 +21,7 @@ def test_every_choice_key_takes_each_of_its_values_as_a_plain_string():
     keys = choice_keys()
     assert set(keys) == {"dataset.axis_order", "dataset.covariates", "dataset.split", "batching.mode",
                          "batching.device", "batching.dtype", "batching.shard", "trainer.lr_scaling",
-                         "launcher.name", "launcher.backend"}
+                         "launcher.name", "launcher.backend", "model.base"}
     base = to_config({})
     for key, kind in keys.items():
         for value in kind:

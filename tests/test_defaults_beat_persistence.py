@@ -74,7 +74,7 @@ def test_every_published_preset_trains_the_bare_network():
     ("trainer.max_epochs=many", "trainer.max_epochs: expected a positive integer or auto, found 'many'"),
     ("trainer.max_epochs=0", "trainer.max_epochs: expected a positive integer or auto, found 0"),
     ("trainer.time_budget_min=-1", "trainer.time_budget_min: expected a positive number of minutes or null, found -1"),
-    ("model.base=ha", "model.base: expected auto, historical_average, persistence or none, found 'ha'"),
+    ("model.base=ha", "model.base: expected one of auto, historical_average, persistence, none, found 'ha'"),
 ])
 def test_bad_values_are_one_line(override, message):
     with pytest.raises(UserError) as err:

@@ -74,6 +74,15 @@ class LauncherName(StrEnum):
     slurm = "slurm"  # submitit
 
 
+class ModelBase(StrEnum):
+    """What a trainable model learns a correction to (models/residual.py)."""
+
+    auto = "auto"  # a blend of persistence, the historical average (sub-daily steps) and the mean, fitted on train
+    historical_average = "historical_average"
+    persistence = "persistence"
+    none = "none"  # the bare network, as published protocols train it (their presets set it)
+
+
 class Backend(StrEnum):
     auto = "auto"  # nccl on GPUs, gloo on CPUs
     gloo = "gloo"  # on GPUs too: ranks may then share a GPU
@@ -152,14 +161,10 @@ class ModelConfig:
     params: dict = field(default_factory=dict)
     target: Optional[str] = None  # model=custom: "pkg.module:Class", "pkg.module.Class" or "path/file.py:Class"
     cell: Optional[str] = None  # model=pyg_recurrent: a PyG-style recurrent cell class, same spellings
-    # A trainable model learns a correction on top of a fitted baseline (models/residual.py): auto (the
-    # historical average where the step has time-of-day slots, else persistence) | historical_average |
-    # persistence | none (the bare network, as published protocols train it)
-    base: str = "auto"
+    base: ModelBase = ModelBase.auto  # a trainable model learns a gated correction to this fitted baseline
 
     def __post_init__(self) -> None:
-        _check(self.base in ("auto", "historical_average", "persistence", "none"), "model.base",
-               "auto, historical_average, persistence or none", self.base)
+        self.base = choice(ModelBase, self.base, "model.base")
         for key, owner in (("target", "custom"), ("cell", "pyg_recurrent")):
             reserved = f"_{key}_"
             path = getattr(self, key) or self.params.get(reserved)
