@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,19 +20,24 @@ class Scaler:
 
     mean: torch.Tensor  # F
     std: torch.Tensor  # F
+    # the float32 statistics as Python floats (exact), for scalar arithmetic per channel: read from the host
+    # tensors once, and carried along by `to` (no read back from a device)
+    host_mean: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
+    host_std: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # the float32 statistics as Python floats (exact): scalar arithmetic per channel, read once here
-        object.__setattr__(self, "host_mean", tuple(self.mean.tolist()))
-        object.__setattr__(self, "host_std", tuple(self.std.tolist()))
+        if self.host_mean is None:
+            object.__setattr__(self, "host_mean", tuple(self.mean.tolist()))
+        if self.host_std is None:
+            object.__setattr__(self, "host_std", tuple(self.std.tolist()))
 
     def head(self, features: int) -> "Scaler":
         """The statistics of the first `features` features (the predicted ones)."""
-        return Scaler(self.mean[:features], self.std[:features])
+        return Scaler(self.mean[:features], self.std[:features], self.host_mean[:features], self.host_std[:features])
 
     def to(self, device: torch.device) -> "Scaler":
         """The statistics on `device`: kept there, so that each batch's arithmetic copies nothing."""
-        return Scaler(self.mean.to(device), self.std.to(device))
+        return Scaler(self.mean.to(device), self.std.to(device), self.host_mean, self.host_std)
 
     def transform(self, values: torch.Tensor, features: int | None = None) -> torch.Tensor:
         """(values - mean) / std over the first `features` features (all by default)."""
