@@ -105,5 +105,5 @@ def test_a_trainer_on_the_composed_config_scores_with_the_runs_rule(tmp_path):
     pipe = build_pipeline(cfg, plan, ctx)
     log = RunLog(tmp_path, True)
     trainer = Trainer(cfg, plan, ctx, pipe.model, pipe.prepared, pipe.source, pipe.batcher, tmp_path, log)
-    assert trainer.evaluate_sums("val")["model"].mape_threshold == pipe.facts["mape_threshold"] > 0
+    assert trainer.evaluate_sums("val")["model"].mape_threshold == pipe.facts.mape_threshold > 0
     log.close()

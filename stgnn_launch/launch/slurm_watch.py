@@ -119,5 +119,5 @@ def follow(job, run_dir: Path, poll_s: float = 2.0) -> int:
         from stgnn_launch.train.record import read_results
         from stgnn_launch.train.run import format_test
 
-        print(format_test(read_results(run_dir)["test"]), flush=True)
+        print(format_test(read_results(run_dir).test or {}), flush=True)
     return 0

@@ -28,7 +28,7 @@ from stgnn_launch.atomic_write import replacing
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
 
-from stgnn_launch.rundir import RESULTS, SWEEP as MANIFEST  # noqa: E402
+from stgnn_launch.rundir import SWEEP as MANIFEST, read_results  # noqa: E402
 # Keys that decide how the sweep is submitted: every point must agree on them.
 SWEEP_KEYS = ("wait", "dry_run", "array_parallelism")
 # Keys that decide a job's resources (its sbatch options): the tasks of one job array share them.
@@ -277,7 +277,7 @@ def wait_for_sweep(points: list[Point], jobs: list) -> int:
 def _test_mae(point: Point) -> float | None:
     """The point's average test MAE from its results.json, or None where there is none."""
     try:
-        return float(json.loads((point.run_dir / RESULTS).read_text())["test"]["avg"]["mae"])
+        return float(read_results(point.run_dir).test["avg"]["mae"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

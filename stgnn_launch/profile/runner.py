@@ -10,18 +10,17 @@ profile.out_dir. A run of the same config that stopped part way resumes from its
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
-from typing import Any
 
 from stgnn_launch.config.load import RUN_CONFIG, load_run_config, save_run_config
 from stgnn_launch.config.schema import Config
 from stgnn_launch.errors import UserError
 from stgnn_launch.train import checkpoint
-from stgnn_launch.train.record import FAILED, RESULTS
+from stgnn_launch import rundir
+from stgnn_launch.rundir import FAILED, RESULTS, ResultsRecord
 
 
-def run_all(jobs: list[tuple[Config, Path]]) -> list[dict[str, Any]]:
+def run_all(jobs: list[tuple[Config, Path]]) -> list[ResultsRecord]:
     to_run = []
     for cfg, run_dir in jobs:
         cfg.run_dir = str(run_dir)
@@ -73,11 +72,14 @@ def _fresh(cfg: Config) -> Config:
     return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, resume=False))
 
 
-def read_results(run_dir: Path) -> dict[str, Any]:
+def read_results(run_dir: Path) -> ResultsRecord:
     path = run_dir / RESULTS
     if not path.is_file():
         raise UserError(f"profile run {run_dir}: expected {RESULTS} at its end, found none (see its log)")
-    return json.loads(path.read_text())
+    try:
+        return rundir.read_results(run_dir)
+    except (OSError, ValueError, TypeError) as err:
+        raise UserError(f"profile run {run_dir}: expected a readable {RESULTS}, found {err}") from None
 
 
 def _run_local(cfg: Config, run_dir: Path) -> None:

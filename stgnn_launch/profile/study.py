@@ -117,14 +117,14 @@ def _curve(candidates: list[Candidate], trainable: dict[str, bool], base: list[s
     models: dict[str, dict[str, Any]] = {}
     for c in candidates:
         record = records[c.label]
-        entry: dict[str, Any] = {"model": record["model"], "trainable": trainable[c.label],
-                                 "profile_cost_s": record["wall_time_s"], "profile_run": str(out_dir / "profile" / c.label)}
+        entry: dict[str, Any] = {"model": record.model, "trainable": trainable[c.label],
+                                 "profile_cost_s": record.wall_time_s, "profile_run": str(out_dir / "profile" / c.label)}
         if trainable[c.label]:
-            curve = [e["val_mae"] for e in record["epochs"]]
+            curve = [e.val_mae for e in record.epochs]
             entry.update(epochs=len(curve), train_share=shares[c.label], val_mae_curve=curve)
             predict_entry(entry, prof.full_epochs, prof.curve)
         else:
-            entry.update(epochs=0, curve={"form": "exact"}, predicted_mae=record["val"]["avg"]["mae"],
+            entry.update(epochs=0, curve={"form": "exact"}, predicted_mae=record.val["avg"]["mae"],
                          predicted_std=0.0)
         models[c.label] = entry
     return models
@@ -155,7 +155,7 @@ def _halving(candidates: list[Candidate], trainable: dict[str, bool], base: list
             jobs.append((cfg, run_dir))
         rung = {}
         for c, record in zip(alive, run_all(jobs)):
-            rung[c.label] = record["val"]["avg"]["mae"]
+            rung[c.label] = record.val["avg"]["mae"]
             last[c.label] = (k, record)
         rungs.append(rung)
         print(f"stgnn-profile: halving rung {k} ({rung_epochs} epochs): "
@@ -164,21 +164,21 @@ def _halving(candidates: list[Candidate], trainable: dict[str, bool], base: list
         if k + 1 < len(plan):
             kept = set(halving.survivors(rung, plan[k + 1][0]))
             alive = [c for c in alive if c.label in kept]
-    baseline_mae = {label: r["val"]["avg"]["mae"] for label, r in records.items()}
+    baseline_mae = {label: r.val["avg"]["mae"] for label, r in records.items()}
     ranked = halving.ranking(rungs, baseline_mae)
     models: dict[str, dict[str, Any]] = {}
     for c in candidates:
         if not trainable[c.label]:
             record = records[c.label]
-            models[c.label] = {"model": record["model"], "trainable": False, "profile_cost_s": record["wall_time_s"],
+            models[c.label] = {"model": record.model, "trainable": False, "profile_cost_s": record.wall_time_s,
                                "profile_run": str(out_dir / "baselines" / c.label), "epochs": 0,
                                "curve": {"form": "exact"}, "predicted_mae": baseline_mae[c.label],
                                "predicted_std": 0.0, "rank_position": ranked.index(c.label)}
             continue
         k, record = last[c.label]
-        curve = [e["val_mae"] for e in record["epochs"]]
+        curve = [e.val_mae for e in record.epochs]
         # wall_time_s of a resumed run spans its earlier rungs' attempts (runner.py): the candidate's whole cost
-        models[c.label] = {"model": record["model"], "trainable": True, "profile_cost_s": record["wall_time_s"],
+        models[c.label] = {"model": record.model, "trainable": True, "profile_cost_s": record.wall_time_s,
                            "profile_run": str(out_dir / f"rung{k}" / c.label), "epochs": len(curve),
                            "train_share": shares[c.label], "val_mae_curve": curve,
                            "rung_mae": [r[c.label] for r in rungs if c.label in r], "last_rung": k,
@@ -273,11 +273,11 @@ def _full_runs(candidates: list[Candidate], trainable: dict[str, bool], base: li
     mae, cost = {}, 0.0
     for c in candidates:
         if c.label in records:
-            mae[c.label] = records[c.label]["val"]["avg"]["mae"]
-            cost += records[c.label]["wall_time_s"]
+            mae[c.label] = records[c.label].val["avg"]["mae"]
+            cost += records[c.label].wall_time_s
             if profiled is not None:
-                profiled[c.label].update(full_val_mae=mae[c.label], full_cost_s=records[c.label]["wall_time_s"],
-                                         full_epochs=len(records[c.label]["epochs"]))
+                profiled[c.label].update(full_val_mae=mae[c.label], full_cost_s=records[c.label].wall_time_s,
+                                         full_epochs=len(records[c.label].epochs))
         else:
             mae[c.label] = profiled[c.label]["predicted_mae"]
             cost += profiled[c.label]["profile_cost_s"]

@@ -49,7 +49,7 @@ def collect_baselines(runs: list[Run]) -> dict[str, dict[str, Any]]:
     """dataset -> {baseline name -> test metrics}, from the first finished run of each dataset with them."""
     found: dict[str, dict[str, Any]] = {}
     for run in runs:
-        baselines = (run.results or {}).get("baselines") if run.status == DONE else None
+        baselines = run.results.baselines if run.status == DONE and run.results else None
         dataset = str((run.config.get("dataset") or {}).get("name"))
         if isinstance(baselines, dict) and baselines and dataset not in found:
             found[dataset] = {name: m for name, m in baselines.items() if isinstance(m, dict)}

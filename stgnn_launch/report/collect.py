@@ -20,7 +20,7 @@ import yaml
 from stgnn_launch.errors import UserError
 
 DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"
-from stgnn_launch.rundir import CONFIG, RESULTS, RUN_FILES  # noqa: E402
+from stgnn_launch.rundir import CONFIG, RESULTS, RUN_FILES, ResultsRecord, read_results  # noqa: E402
 from stgnn_launch.rundir import FAILED as FAILED_FILE  # noqa: E402
 from stgnn_launch.rundir import SWEEP as SWEEP_FILE  # noqa: E402
 SKIP_DIRS = {"checkpoints", "slurm", "__pycache__"}  # never hold runs; dot-folders (.hydra) are skipped too
@@ -31,7 +31,7 @@ class Run:
     run_dir: Path
     status: str
     config: dict[str, Any] = field(default_factory=dict)  # nested, as in config.yaml / results["config"]
-    results: dict[str, Any] | None = None
+    results: ResultsRecord | None = None
     error: str | None = None
     job_id: str | None = None
     overrides: list[str] = field(default_factory=list)
@@ -47,10 +47,10 @@ def read_run(run_dir: Path) -> Run:
     # A run resumed after a failure may hold both; the newer file tells how it ended.
     if results_path.is_file() and not (failed_path.is_file() and _newer(failed_path, results_path)):
         try:
-            results = json.loads(results_path.read_text())
-        except (OSError, ValueError) as err:
-            return Run(run_dir, FAILED, config, error=f"unreadable results.json: {err}")
-        return Run(run_dir, DONE, results.get("config") or config, results)
+            results = read_results(run_dir)
+        except (OSError, ValueError, TypeError) as err:  # TypeError: JSON, but not a run record
+            return Run(run_dir, FAILED, config, error=f"unreadable {RESULTS}: {err}")
+        return Run(run_dir, DONE, results.config or config, results)
     if failed_path.is_file():
         try:
             failure = json.loads(failed_path.read_text())

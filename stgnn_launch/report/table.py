@@ -17,6 +17,7 @@ from typing import Any, Callable
 import yaml
 
 from stgnn_launch.report.collect import DONE, FAILED, PENDING, RUNNING, Run
+from stgnn_launch.rundir import EpochStats, ResultsRecord
 
 HORIZONS = ("3", "6", "12", "avg")
 SPLIT_KEYS = ("data_wait_s", "compute_s", "allreduce_s", "eval_s")  # per epoch, optional
@@ -85,31 +86,32 @@ def group_rows(rows: list[dict[str, Any]]) -> list[Group]:
 
 # ---- one run -----------------------------------------------------------------------------------------
 def _row(run: Run, flat: dict[str, Any], variant: str, epoch_time: str) -> dict[str, Any]:
-    res = run.results or {}
+    res = run.results or ResultsRecord()
     row: dict[str, Any] = dict.fromkeys(CSV_COLUMNS)
     row.update(status=run.status, dataset=flat.get("dataset.name"), model=flat.get("model.name"),
-               batching=flat.get("batching.mode"), gpus=_int(res.get("world_size", flat.get("gpus"))),
+               batching=flat.get("batching.mode"),
+               gpus=_int(res.world_size if res.world_size is not None else flat.get("gpus")),
                seed=_int(flat.get("trainer.seed")), variant=variant, run_dir=str(run.run_dir),
                job_id=run.job_id, error=run.error)
     if run.status != DONE:
         return row
-    epochs = [e for e in res.get("epochs") or [] if isinstance(e, dict)]
+    epochs = [e.to_dict() for e in res.epochs if isinstance(e, EpochStats)]
     timed = _timed_epochs(epochs, epoch_time)
     row.update(
         epoch_time_s=_median(timed, "epoch_time_s"), samples_per_s=_median(timed, "samples_per_s"),
-        data_bytes_per_rank=res.get("data_bytes"), data_bytes_per_node=res.get("node_data_bytes"),
-        series_bytes_per_rank=res.get("series_bytes_per_rank"), series_bytes_per_node=res.get("series_bytes_per_node"),
-        peak_rss_bytes_per_rank=res.get("peak_rss_bytes"), peak_rss_bytes_per_node=res.get("peak_rss_node_bytes"),
-        device_peak_bytes_per_rank=res.get("device_peak_allocated_bytes"),
-        device_reserved_bytes_per_rank=res.get("device_peak_reserved_bytes"),
-        data_wait_fraction=res.get("data_wait_fraction"), epochs=len(epochs), best_epoch=res.get("best_epoch"),
-        setup_time_s=res.get("setup_time_s"), wall_time_s=res.get("wall_time_s"),
-        attempts=res.get("attempts", 1),  # > 1: requeued or resumed; wall_time_s spans the attempts
+        data_bytes_per_rank=res.data_bytes, data_bytes_per_node=res.node_data_bytes,
+        series_bytes_per_rank=res.series_bytes_per_rank, series_bytes_per_node=res.series_bytes_per_node,
+        peak_rss_bytes_per_rank=res.peak_rss_bytes, peak_rss_bytes_per_node=res.extra.get("peak_rss_node_bytes"),
+        device_peak_bytes_per_rank=res.device_peak_allocated_bytes,
+        device_reserved_bytes_per_rank=res.device_peak_reserved_bytes,
+        data_wait_fraction=res.data_wait_fraction, epochs=len(epochs), best_epoch=res.best_epoch,
+        setup_time_s=res.setup_time_s, wall_time_s=res.wall_time_s,
+        attempts=1 if res.attempts is None else res.attempts,  # > 1: requeued or resumed; wall_time_s spans them
     )
     for key in SPLIT_KEYS:
         row[key] = _median(timed, key)
     for h in HORIZONS:
-        metrics = (res.get("test") or {}).get(h) or {}
+        metrics = (res.test or {}).get(h) or {}
         row[f"test_mae_{h}"], row[f"test_rmse_{h}"] = metrics.get("mae"), metrics.get("rmse")
         row[f"test_mape_pct_{h}"] = None if metrics.get("mape") is None else 100 * metrics["mape"]
     return row

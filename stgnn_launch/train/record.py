@@ -15,6 +15,7 @@ import numpy as np
 from stgnn_launch.atomic_write import replacing
 
 from stgnn_launch.rundir import FAILED, RESULTS  # noqa: F401 (read from here by the trainers and tools)
+from stgnn_launch.rundir import read_results  # noqa: F401 (the typed record: launch/slurm.py's follow)
 
 
 def peak_rss_bytes() -> int:
@@ -61,10 +62,6 @@ def strict_json(value: Any) -> Any:
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     with replacing(path) as tmp:
         tmp.write_text(json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")
-
-
-def read_results(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / RESULTS).read_text())
 
 
 def clear_outcome(run_dir: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from stgnn_launch.errors import UserError
 
-from stgnn_launch.rundir import LOG, METRICS  # noqa: E402
+from stgnn_launch.rundir import LOG, METRICS, DatasetFacts  # noqa: E402
 
 
 class RunLog:
@@ -91,13 +91,13 @@ class RunLog:
             self._writer = None
 
 
-def missing_line(facts: dict[str, Any], null_value: float | None) -> str:
+def missing_line(facts: DatasetFacts, null_value: float | None) -> str:
     """The start-up block's share of readings treated as missing, and why (run facts: missing_readings,
     filled_readings = the NaN/inf ones, readings)."""
-    missing, filled = facts["missing_readings"], facts["filled_readings"]
+    missing, filled, readings = facts.missing_readings, facts.filled_readings or 0, facts.readings or 0
     if missing is None:  # counted on rank 0, which prints the block
         return "counted on rank 0"
-    line = f"{missing:,} of {facts['readings']:,} readings ({100 * missing / max(1, facts['readings']):.1f}%)"
+    line = f"{missing:,} of {readings:,} readings ({100 * missing / max(1, readings):.1f}%)"
     if null_value is None:
         return line + f": {filled:,} NaN or infinite (dataset.null_value=null: every finite reading is real)"
     line += f": {missing - filled:,} equal to dataset.null_value={null_value:g}, {filled:,} NaN or infinite"

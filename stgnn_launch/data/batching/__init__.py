@@ -19,9 +19,8 @@ from stgnn_launch.data.batching.windows import (Batch, Finisher, IndexedWindows,
                                                 WindowSource, take)
 from stgnn_launch.data.prepare import Prepared
 
-Batcher = TrainSchedule  # the old name, while train/ still imports it
 
-__all__ = ["MODES", "Batch", "BatchFeed", "Batcher", "DataGeometry", "Finisher", "IndexedWindows",
+__all__ = ["MODES", "Batch", "BatchFeed", "DataGeometry", "Finisher", "IndexedWindows",
            "MaterializedWindows", "Parts", "StagingRing", "Term", "TrainSchedule", "WindowSource", "batching_mode",
            "build_source", "eval_positions", "take"]
 

@@ -64,19 +64,14 @@ class Finisher:
     def __init__(self, prepared: Prepared, device: torch.device) -> None:
         self.window, self.horizon = prepared.window, prepared.horizon
         self.out_features = prepared.out_features
-        # float32 values as Python floats: exact, and scalar arithmetic gives the bitwise same results
-        self.mean_values = [float(v) for v in prepared.scaler.mean]
-        self.std_values = [float(v) for v in prepared.scaler.std]
-        # CUDA turns a division by a host scalar into a multiplication by its reciprocal (other rounding than
-        # the CPU's true division): a divisor on the device keeps GPU batches bitwise equal to CPU ones.
-        self.std_tensors = torch.tensor(self.std_values, dtype=torch.float32, device=device)
+        self.scaler = prepared.scaler.to(device)  # its divisor on the device: GPU batches bitwise as CPU ones
         self.covariates = prepared.covariates.to(device)
         self.offsets = torch.arange(prepared.window, device=device)
         # NaN marks a missing reading only where the dataset has no null value; inputs then read 0 (the mean)
         self.zero_nan_inputs = prepared.null_value is None
 
     def to(self, device: torch.device) -> "Finisher":
-        for name in ("covariates", "offsets", "std_tensors"):
+        for name in ("covariates", "offsets", "scaler"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -99,10 +94,7 @@ class Finisher:
         f = inputs.shape[-1]
         if inputs.dtype != torch.float32:  # a reduced-precision series: z-score in float32, not in bf16
             inputs = inputs.float()
-        for i in range(f):
-            channel = x[..., i]
-            torch.sub(inputs[..., i], self.mean_values[i], out=channel)
-            channel.div_(self.std_tensors[i] if channel.is_cuda else self.std_values[i])
+        self.scaler.transform_channels(inputs, x)
         if self.zero_nan_inputs:
             x[..., :f] = x[..., :f].nan_to_num(nan=0.0)
 

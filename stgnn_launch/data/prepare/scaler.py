@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,18 +13,52 @@ from stgnn_launch.errors import UserError
 
 @dataclass(frozen=True)
 class Scaler:
-    """Per-feature z-score; statistics from observed training readings only."""
+    """Per-feature z-score; statistics from observed training readings only.
+
+    The one definition of normalisation and its inverse: the batches' inputs (`transform_channels`), the
+    training targets and the de-normalised predictions (`transform`, `inverse`), the baselines' fit."""
 
     mean: torch.Tensor  # F
     std: torch.Tensor  # F
+    # the float32 statistics as Python floats (exact), for scalar arithmetic per channel: read from the host
+    # tensors once, and carried along by `to` (no read back from a device)
+    host_mean: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
+    host_std: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
 
-    def transform(self, values: torch.Tensor) -> torch.Tensor:
-        return (values - self.mean.to(values.device)) / self.std.to(values.device)
+    def __post_init__(self) -> None:
+        if self.host_mean is None:
+            object.__setattr__(self, "host_mean", tuple(self.mean.tolist()))
+        if self.host_std is None:
+            object.__setattr__(self, "host_std", tuple(self.std.tolist()))
+
+    def head(self, features: int) -> "Scaler":
+        """The statistics of the first `features` features (the predicted ones)."""
+        return Scaler(self.mean[:features], self.std[:features], self.host_mean[:features], self.host_std[:features])
+
+    def to(self, device: torch.device) -> "Scaler":
+        """The statistics on `device`: kept there, so that each batch's arithmetic copies nothing."""
+        return Scaler(self.mean.to(device), self.std.to(device), self.host_mean, self.host_std)
+
+    def transform(self, values: torch.Tensor, features: int | None = None) -> torch.Tensor:
+        """(values - mean) / std over the first `features` features (all by default)."""
+        mean, std = (self.mean, self.std) if features is None else (self.mean[:features], self.std[:features])
+        return (values - mean.to(values.device)) / std.to(values.device)
 
     def inverse(self, values: torch.Tensor, features: int | None = None) -> torch.Tensor:
         """De-normalize the first `features` features (all by default)."""
         f = values.shape[-1] if features is None else features
         return values * self.std[:f].to(values.device) + self.mean[:f].to(values.device)
+
+    def transform_channels(self, values: torch.Tensor, out: torch.Tensor) -> None:
+        """out[..., i] = the z-scored values[..., i], one pass per channel (a broadcast over a last axis of 1 or
+        2 features runs unvectorised), with scalar statistics: bitwise the same batches on CPUs and GPUs.
+
+        CUDA turns a division by a host scalar into a multiplication by its reciprocal (other rounding than
+        the CPU's true division): on a GPU the divisor is `std` on the device (see `to`) instead."""
+        for i in range(values.shape[-1]):
+            channel = out[..., i]
+            torch.sub(values[..., i], self.host_mean[i], out=channel)
+            channel.div_(self.std[i] if channel.is_cuda else self.host_std[i])
 
 
 def scaler_sums(values: torch.Tensor, ranges: list[tuple[int, int]], null_value: float | None,
