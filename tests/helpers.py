@@ -54,9 +54,10 @@ def compose_config(*overrides: str):
     return to_config(cfg)
 
 
-# Two epochs unless a test says otherwise (what the defaults were before max_epochs=auto): a tiny run stays short.
+# Two epochs of the bare network unless a test says otherwise (the defaults these tests were written against,
+# before max_epochs=auto and model.base=auto; the new defaults have their own tests, test_defaults_*.py).
 TINY_DATA = ("dataset.num_nodes=10", "dataset.num_steps=700", "batching.batch_size=16", "trainer.progress=false",
-             "trainer.max_epochs=2")
+             "trainer.max_epochs=2", "model.base=none")
 
 # Small hyperparameters per model, so that end-to-end tests stay fast on two cores.
 TINY_PARAMS = {

@@ -131,7 +131,7 @@ def test_the_forecast_is_the_fitted_blend_plus_the_gated_network():
 
 
 def test_auto_epochs_stop_on_the_time_budget_and_a_number_runs_them_all(tmp_path, capsys):
-    small = (*TINY_DATA, *tiny(), "trainer.max_batches_per_epoch=2")
+    small = (*TINY_DATA, *tiny(), "trainer.max_batches_per_epoch=2", "model.base=auto")
     record = train(tmp_path / "auto", *small, "trainer.max_epochs=auto", "trainer.time_budget_min=0.0001")
     out = capsys.readouterr().out
     assert len(record["epochs"]) == 1  # the first epoch always runs; the budget stops before the second
@@ -153,3 +153,15 @@ def test_a_run_saved_before_model_base_reads_back_as_the_bare_network(tmp_path):
     del saved.model["base"]  # as a config.yaml written before the key existed
     path.write_text(OmegaConf.to_yaml(saved))
     assert load_run_config(tmp_path).model.base == "none"  # what that run trained: its checkpoint loads
+
+
+def test_a_run_on_the_fitted_blend_resumes_to_the_uninterrupted_run(tmp_path):
+    from stgnn_launch.train import checkpoint
+
+    base = (*TINY_DATA, *tiny(), "trainer.max_batches_per_epoch=3", "model.base=auto", "trainer.patience=50")
+    straight = train(tmp_path / "straight", *base, "trainer.max_epochs=3")
+    train(tmp_path / "resumed", *base, "trainer.max_epochs=2")
+    resumed = train(tmp_path / "resumed", *base, "trainer.max_epochs=3", "trainer.resume=true")
+    assert resumed["test"] == straight["test"] and resumed["parameters"] == straight["parameters"]
+    weights = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
+    assert "gate" in weights and any(k.startswith("base.") for k in weights)  # the fit travels with the run

@@ -27,10 +27,11 @@ def stgnn_train(run_dir: Path, *overrides: str, wait: bool = True, timeout: floa
     return proc.returncode, out
 
 
-def test_two_rank_dist_index_training_and_world_size_independent_eval(tmp_path):
+@pytest.mark.parametrize("base", ["none", "auto"])  # auto: the fitted blend's buffers are not broadcast per step
+def test_two_rank_dist_index_training_and_world_size_independent_eval(tmp_path, base):
     run_dir = tmp_path / "run"
     code, out = stgnn_train(run_dir, "gpus=2", "batching=dist_index", "trainer.max_epochs=2",
-                            "trainer.save_predictions=true")
+                            "trainer.save_predictions=true", f"model.base={base}")
     assert code == 0, out
     record = json.loads((run_dir / "results.json").read_text())
     assert record["world_size"] == 2 and record["backend"] == "gloo" and record["batching"] == "dist_index"
