@@ -99,7 +99,7 @@ def test_gloo_world_gets_the_short_timeout_and_a_users_nccl_setting_stays(fake_p
 
 
 def test_the_run_passes_both_timeouts(monkeypatch, tmp_path):
-    from stgnn_launch.train import run
+    from stgnn_launch.train import run, session
 
     seen = {}
 
@@ -107,8 +107,8 @@ def test_the_run_passes_both_timeouts(monkeypatch, tmp_path):
         seen.update(timeout_s=timeout_s, collective_timeout_s=collective_timeout_s)
         raise SystemExit(0)
 
-    monkeypatch.setattr(run, "init_distributed", stop)
-    monkeypatch.setattr(run, "_configure_device", lambda cfg, plan: None)
+    monkeypatch.setattr(session, "init_distributed", stop)  # the rank session joins the process group
+    monkeypatch.setattr(session, "configure_device", lambda cfg, plan: None)
     cfg = compose_config(*TINY, "launcher.collective_timeout_min=2", "launcher.dist_timeout_min=45")
     with pytest.raises(SystemExit):
         run.run_training(cfg, tmp_path)

@@ -20,7 +20,8 @@ from stgnn_launch.planning.probe import ActivationProfile, probe_activations
 
 PEMS = ("dataset.num_nodes=11160", "dataset.num_steps=105120")
 CPU_24G = Machine(cores=2, gpus=0)
-QUICK = ("trainer.max_batches_per_epoch=2", "trainer.max_eval_batches=1", "trainer.progress=false")
+QUICK = ("trainer.max_epochs=2", "trainer.max_batches_per_epoch=2", "trainer.max_eval_batches=1",
+         "trainer.progress=false")  # two epochs: what the planner's margins were measured on
 
 
 def _run(module: str, *args: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
