@@ -27,7 +27,7 @@ def stgnn_train(run_dir: Path, *overrides: str, wait: bool = True, timeout: floa
     return proc.returncode, out
 
 
-@pytest.mark.parametrize("base", ["none", "auto"])  # auto: the fitted blend's buffers are not broadcast per step
+@pytest.mark.parametrize("base", ["none", "auto"])  # auto: the fitted blend under DDP
 def test_two_rank_dist_index_training_and_world_size_independent_eval(tmp_path, base):
     run_dir = tmp_path / "run"
     code, out = stgnn_train(run_dir, "gpus=2", "batching=dist_index", "trainer.max_epochs=2",

@@ -105,11 +105,6 @@ class BaselineResidual(nn.Module):
         self.gate = nn.Parameter(torch.zeros(()))
 
     @property
-    def fitted_buffers(self) -> list[str]:
-        """The base's fitted state: the same on every rank (one training range, one deterministic fit)."""
-        return [f"base.{name}" for name, _ in self.base.named_buffers()]
-
-    @property
     def fits_on_train(self) -> bool:
         """Whether the trainer calls fit(...) on the training range before the first step."""
         return not isinstance(self.base, Persistence)

@@ -100,12 +100,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=list(cfg.trainer.lr_milestones), gamma=cfg.trainer.lr_gamma)
         if ctx.distributed:
-            # Buffers fitted on the training range (model.base) are the same on every rank: broadcasting them
-            # before each forward would only add a collective per step.
-            fitted = set(getattr(model, "fitted_buffers", ()))
             self.network = DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                broadcast_buffers=any(name not in fitted for name, _ in model.named_buffers()))
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
             self.network.register_comm_hook(None, self.comm.hook(per_tensor=cfg.trainer.deterministic))
         if cfg.trainer.compile:
             self.network = torch.compile(self.network)
