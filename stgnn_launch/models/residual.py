@@ -63,22 +63,23 @@ class FittedBlend(HostState):
         if self.average is not None:
             self.average.fit(train_values, train_observed, train_slots)
         slots = None if self.average is None else torch.as_tensor(train_slots, dtype=torch.long)
+        table = None if self.average is None else self.average.table.double()
         for h in range(1, self.horizon + 1):
             # 3 coefficients per node need few pairs: at most MAX_PAIRS steps, evenly spread over the range
             t = torch.linspace(0, values.shape[0] - h - 1, min(MAX_PAIRS, max(0, values.shape[0] - h))).round().long()
-            features = self._features(values[t].double(), None if slots is None else slots[t], h)  # t x N x F x 3
+            features = self._features(values[t].double(), table, None if slots is None else slots[t], h)
             target, mask = values[t + h].double(), observed[t + h]
             target = torch.where(mask, target, 0.0)
             self.coef[:, h - 1] = least_absolute(features, target, mask).permute(2, 0, 1).to(self.coef.dtype)
         self.fitted = True
 
-    def _features(self, last: Tensor, slots: Tensor | None, h: int) -> Tensor:
-        """[last reading, historical average h steps on (0 without slots), 1] for each step of `last`."""
+    def _features(self, last: Tensor, table: Tensor | None, slots: Tensor | None, h: int) -> Tensor:
+        """[last reading, historical average h steps on (0 without slots), 1] for each step of `last`:
+        t x N x F x 3. `table`: the fitted average's, in float64."""
         if slots is None:
             average = torch.zeros_like(last)
         else:
-            days = self.average.steps_per_day
-            average = self.average.table.double()[(slots + h) % days]  # t x N x F
+            average = table[(slots + h) % self.average.steps_per_day]  # t x N x F
         return torch.stack([last, average, torch.ones_like(last)], dim=-1)
 
     def forward(self, x: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -132,3 +133,10 @@ def with_base(model: nn.Module, choice: str, spec: ModelSpec, has_slots: bool, f
         return BaselineResidual(model, FittedBlend(spec, with_average=has_slots), label)
     base = HistoricalAverage(spec) if choice == "historical_average" else Persistence(spec)
     return BaselineResidual(model, base, choice.replace("_", " "))
+
+
+def fitted_average(model: nn.Module) -> HistoricalAverage | None:
+    """The historical average a model on a fitted base already holds (fitted on the same training range as the
+    side baseline would be), or None."""
+    base = getattr(model, "base", None)
+    return base if isinstance(base, HistoricalAverage) else getattr(base, "average", None)

@@ -24,7 +24,7 @@ from stgnn_launch.distributed.context import DistContext, RankEnv
 from stgnn_launch.errors import UserError
 from stgnn_launch.models.checkpointing import enable_activation_checkpointing
 from stgnn_launch.models.registry import ModelSpec, build_model, model_class
-from stgnn_launch.models.residual import with_base
+from stgnn_launch.models.residual import fitted_average, with_base
 from stgnn_launch.planning.estimate import SIDE_BASELINE_READINGS
 from stgnn_launch.planning.machine import Machine
 from stgnn_launch.planning.plan import Plan, apply_threads, make_plan
@@ -86,10 +86,11 @@ def train_readings(prepared: Prepared) -> int:
     return prepared.values[:int(prepared.starts["train"][-1]) + prepared.window].numel()
 
 
-def build_baselines(cfg: Config, plan: Plan, prepared: Prepared, spec: ModelSpec,
-                    device: torch.device) -> dict[str, nn.Module]:
+def build_baselines(cfg: Config, plan: Plan, prepared: Prepared, spec: ModelSpec, device: torch.device,
+                    average: nn.Module | None = None) -> dict[str, nn.Module]:
     """Persistence always, and the historical average where the step has time-of-day slots, scored on the
-    same test windows as the model (so a run tells at once whether its model learned anything)."""
+    same test windows as the model (so a run tells at once whether its model learned anything). `average`:
+    one the model's fitted base already holds, from the same training range: not fitted a second time."""
     from stgnn_launch.models.baselines import HistoricalAverage, Persistence
 
     baselines: dict[str, nn.Module] = {}
@@ -99,8 +100,9 @@ def build_baselines(cfg: Config, plan: Plan, prepared: Prepared, spec: ModelSpec
     # stays small (a year of PeMS would add GBs per rank); model=historical_average itself always fits.
     small = train_readings(prepared) <= SIDE_BASELINE_READINGS
     if prepared.has_slots and small and plan.shard != "time" and cfg.model.name != "historical_average":
-        average = HistoricalAverage(spec).to(device)
-        fit_baseline(average, prepared)
+        if average is None:
+            average = HistoricalAverage(spec).to(device)
+            fit_baseline(average, prepared)
         baselines["historical_average"] = average
     return baselines
 
@@ -144,7 +146,7 @@ def build_pipeline(cfg: Config, plan: Plan, ctx: DistContext) -> Pipeline:
     del series
     spec = model_spec(prepared, graph)
     model = build_model_for(cfg, plan, prepared, spec, facts.step)
-    baselines = build_baselines(cfg, plan, prepared, spec, plan.compute_device)
+    baselines = build_baselines(cfg, plan, prepared, spec, plan.compute_device, fitted_average(model))
     source = build_source(plan.mode, prepared, plan.data_device, plan.compute_device)
     # The field's pipeline keeps only the materialized windows (standard); a series on the GPU needs no host
     # copy (a node-shared one stays mapped once per node, for the node's other ranks): drop this rank's view.
