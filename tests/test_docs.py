@@ -121,7 +121,9 @@ def command_line(line: str, cwd: Path) -> tuple[str | None, int]:
             return None, expected
     for placeholder in re.findall(r"\S*<\w+>", command):
         folder = cwd / placeholder.split("<")[0]
-        entries = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+        # newest by time, then by name: run folders are named by their start time, and files of a fresh
+        # checkout share one mtime
+        entries = sorted(folder.iterdir(), key=lambda p: (p.stat().st_mtime, p.name)) if folder.is_dir() else []
         assert entries, f"{placeholder}: expected an earlier command to make an entry in {folder}, found none"
         command = command.replace(placeholder, str(entries[-1]))
     tokens = shlex.split(command)
@@ -228,9 +230,12 @@ def test_every_docs_page_is_linked_from_the_readme():
     assert pages and not [p for p in pages if f"(docs/{p}" not in readme]
 
 
-def test_the_command_rewrites():
-    """What the runner does to a documented command, on a folder with one earlier run in it."""
-    work = Path(__file__).parent  # any folder: only <name> placeholders look into it
+def test_the_command_rewrites(tmp_path):
+    """What the runner does to a documented command, on a folder with earlier runs in it."""
+    work = tmp_path  # only <name> placeholders look into it
+    for name, mtime in [("runs", 100), ("b_run", 300), ("a_run", 300), ("c_run", 200)]:
+        (work / name).mkdir()
+        os.utime(work / name, (mtime, mtime))
     assert command_line("bash scripts/setup.sh --test && .venv/bin/python -m pytest", work) == (None, 0)
     shell, code = command_line("bash scripts/setup.sh && .venv/bin/stgnn-train", work)
     assert shell == ".venv/bin/stgnn-train " + " ".join(TINY) and code == 0
@@ -240,5 +245,5 @@ def test_the_command_rewrites():
     assert shell == "stgnn-train launcher=slurm gpus=8 launcher.gpus_per_node=4 launcher.dry_run=true"
     shell, _ = command_line('stgnn-profile "models=[tgcn,gwnet]"', work)
     assert shell.startswith('stgnn-profile "models=[tgcn,gwnet]" trainer.max_epochs=1') and "profile.full_epochs=4" in shell
-    newest = max(work.iterdir(), key=lambda p: p.stat().st_mtime)
-    assert command_line("stgnn-report <latest>", work) == (f"stgnn-report {newest}", 0)
+    # the newest entry; of two equally new, the later name
+    assert command_line("stgnn-report <latest>", work) == (f"stgnn-report {work / 'b_run'}", 0)
