@@ -165,3 +165,27 @@ def test_a_run_on_the_fitted_blend_resumes_to_the_uninterrupted_run(tmp_path):
     assert resumed["test"] == straight["test"] and resumed["parameters"] == straight["parameters"]
     weights = checkpoint.load(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
     assert "gate" in weights and any(k.startswith("base.") for k in weights)  # the fit travels with the run
+
+
+def test_ddp_broadcasts_only_the_buffers_training_changes(tmp_path):
+    """The fitted blend's tables are constants: no broadcast before each forward (a collective per step);
+    Graph WaveNet's BatchNorm statistics still are broadcast."""
+    import torch.distributed as dist
+
+    from stgnn_launch.models.residual import moving_buffers
+    from stgnn_launch.train.trainer import wrap_ddp
+
+    s = spec()
+    tgcn = with_base(build_model("tgcn", s, {"hidden": 8}), "auto", s, has_slots=True, fits=True)
+    gwnet = with_base(build_model("gwnet", s, {}), "auto", s, has_slots=True, fits=True)
+    assert [n for n, _ in tgcn.named_buffers()] == ["base.coef", "base.average.table"]
+    assert moving_buffers(tgcn) == []
+    moving = moving_buffers(gwnet)
+    assert moving and all(n.startswith("network.norms.") for n in moving)
+    assert len(moving) == len(list(gwnet.named_buffers())) - 2
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert not wrap_ddp(tgcn, torch.device("cpu")).will_sync_module_buffers()
+        assert wrap_ddp(gwnet, torch.device("cpu")).will_sync_module_buffers()
+    finally:
+        dist.destroy_process_group()

@@ -112,3 +112,16 @@ def test_predictions_are_saved_denormalised_in_window_order(tmp_path):
     mae = np.abs(saved["predictions"] - saved["targets"])[mask].mean()
     assert abs(mae - record["test"]["avg"]["mae"]) < 1e-4 and mask.sum() == record["test"]["avg"]["count"]
     assert 20 < saved["targets"][mask].mean() < 90  # speeds in mph: de-normalised, not z-scores
+
+
+def test_the_all_reduce_timer_is_read_per_epoch_not_per_step(tmp_path, monkeypatch):
+    """Reading the timer waits for the device's last reduction (CUDA events under NCCL): a host sync that
+    would stall every step. It is read when an epoch starts and ends, and at a step checkpoint only."""
+    from stgnn_launch.train.comm_timer import CommTimer
+
+    reads = []
+    monkeypatch.setattr(CommTimer, "seconds", property(lambda self: reads.append(1) or self.host_seconds))
+    record = train(tmp_path, "run", "trainer.max_epochs=2")
+    steps = record["epochs"][0]["samples_per_s"] * record["epochs"][0]["epoch_time_s"] / 16
+    assert steps > 10  # enough steps that a read per step would show
+    assert len(reads) == 2 * 2, f"expected 2 reads per epoch, found {len(reads)} over 2 epochs"

@@ -135,6 +135,15 @@ def with_base(model: nn.Module, choice: str, spec: ModelSpec, has_slots: bool, f
     return BaselineResidual(model, base, choice.replace("_", " "))
 
 
+def moving_buffers(model: nn.Module) -> list[str]:
+    """The buffers training changes (BatchNorm's running statistics): DDP must broadcast those from rank 0
+    before each forward. A fitted baseline's tables (modules with `trainable = False`) are constant after
+    fit(...) and the same on every rank (fitted on the whole training range each rank holds)."""
+    fixed = [name for name, module in model.named_modules() if not getattr(module, "trainable", True)]
+    return [name for name, _ in model.named_buffers()
+            if not any(f == "" or name.startswith(f + ".") for f in fixed)]
+
+
 def fitted_average(model: nn.Module) -> HistoricalAverage | None:
     """The historical average a model on a fitted base already holds (fitted on the same training range as the
     side baseline would be), or None."""

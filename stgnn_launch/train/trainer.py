@@ -12,6 +12,7 @@ the world size.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -31,6 +32,7 @@ from stgnn_launch.config.schema import Config
 from stgnn_launch.data.batching import BatchFeed, TrainSchedule, WindowSource, eval_positions
 from stgnn_launch.data.prepare import Prepared
 from stgnn_launch.errors import UserError
+from stgnn_launch.models.residual import moving_buffers
 from stgnn_launch.distributed.context import DistContext, StepVote, all_reduce_sum
 from stgnn_launch.planning.plan import Plan
 from stgnn_launch.rundir import EpochStats
@@ -41,6 +43,10 @@ from stgnn_launch.train.preemption import Preempted, StopRequest
 from stgnn_launch.train.runlog import RunLog
 
 
+# DDP's switch for the broadcast of buffers before each forward: `forward_sync_buffers` from torch 2.13
+# (`broadcast_buffers` is deprecated there), `broadcast_buffers` before it.
+_DDP_ARGS = inspect.signature(DistributedDataParallel).parameters
+SYNC_BUFFERS = "forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS else "broadcast_buffers"
 CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS's deterministic workspace (CUDA >= 10.2): what torch asks for
 
 
@@ -54,6 +60,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """DDP around `model`, broadcasting buffers before each forward only where training changes them
+    (BatchNorm's running statistics): a fitted base's tables would cost a collective per step for nothing."""
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   **{SYNC_BUFFERS: bool(moving_buffers(model))})
 
 
 @dataclass
@@ -100,8 +113,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=list(cfg.trainer.lr_milestones), gamma=cfg.trainer.lr_gamma)
         if ctx.distributed:
-            self.network = DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            self.network = wrap_ddp(model, ctx.device)
             self.network.register_comm_hook(None, self.comm.hook(per_tensor=cfg.trainer.deterministic))
         if cfg.trainer.compile:
             self.network = torch.compile(self.network)
@@ -145,7 +157,7 @@ class Trainer:
                 self.log.info(f"epoch {epoch}: step {step}/{len(shards)}  train_loss "
                               f"{float(tally.loss_sum) / step:.4f}  {time.perf_counter() - tally.started:.0f}s")
             if step < len(shards):
-                self._maybe_stop(epoch, step, tally.loss_sum, self._in_epoch(tally))
+                self._maybe_stop(epoch, step, tally)
         self.vote.collect()  # the last step's vote, if one is in flight: nothing stays pending past the loop
         bar.close()
         self.scheduler.step()
@@ -210,7 +222,7 @@ class Trainer:
         """Masked MAE, RMSE and MAPE at horizons 3, 6, 12 and pooled ("avg")."""
         return self.evaluate_sums(split)["model"].result()
 
-    def _maybe_stop(self, epoch: int, step: int, loss_sum: torch.Tensor, progress: dict[str, float]) -> None:
+    def _maybe_stop(self, epoch: int, step: int, tally: _Tally) -> None:
         """At a step boundary: a step checkpoint when a rank was signalled or one is due; stop if signalled.
         With several ranks the vote cast here is read at the next boundary (StepVote), so every rank acts
         one step after the signal, at the same step."""
@@ -218,8 +230,9 @@ class Trainer:
         if not (stop or periodic):
             return
         self.vote.collect()  # this step's flags predate the checkpoint below: a signal stays set and votes again
-        total = float(all_reduce_sum(loss_sum.detach().clone(), self.ctx))  # every rank's partial sum
-        in_epoch = {"epoch": epoch, "step": step, "loss_sum": total, **progress}
+        total = float(all_reduce_sum(tally.loss_sum.detach().clone(), self.ctx))  # every rank's partial sum
+        # read only here: the all-reduce timer waits for the device's last reduction (a host sync on NCCL)
+        in_epoch = {"epoch": epoch, "step": step, "loss_sum": total, **self._in_epoch(tally)}
         self.checkpointer.save(epoch - 1, improved=False, in_epoch=in_epoch)
         self.stop.checkpointed()
         if stop:
