@@ -435,6 +435,18 @@ def wait_for_job(
         time.sleep(poll_s)
 
 
+def start_requeued_now(job_id: str, *extra: str, env: Optional[Mapping[str, str]] = None) -> None:
+    """Lift the 120 s hold Slurm puts on a requeued job (BeginTime), as an admin would with
+    `scontrol update StartTime=now`, but not within the second of the requeue: slurmd revokes the job's
+    earlier credential with a timestamp in whole seconds, and a start in that same second is killed
+    ("Job credential revoked", the job ends FAILED). The hold exists for this; 2 s is enough here."""
+    time.sleep(2)
+    proc = _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now", *extra], env=dict(env) if env else None,
+                timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scontrol update JobId={job_id} StartTime=now failed: {proc.stderr.strip()}")
+
+
 def submit(args, env: Optional[Mapping[str, str]] = None) -> str:
     """``sbatch --parsable ARGS``; returns the job id."""
     proc = _run(["sbatch", "--parsable", *map(str, args)], env=dict(env) if env else None, timeout=60)

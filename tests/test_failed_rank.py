@@ -142,6 +142,27 @@ def test_failed_json_names_the_first_failed_rank(tmp_path):
     assert not (tmp_path / "other" / "failed.json").exists()
 
 
+def test_a_collective_timeout_is_named_whatever_words_the_backend_used():
+    """gloo says "Timed out waiting ..." or "Application timeout caused pair closure" (wrapped by the comm hook)
+    depending on where the wait was: failed.json says the same one line for both, with the key to change."""
+    ctx = context.DistContext(rank=0, local_rank=0, world_size=2, local_world_size=2, device=torch.device("cpu"),
+                              backend="gloo")
+    hook = RuntimeError("Got the following error when running the callback: RuntimeError: Got the following error "
+                        "when running the callback: RuntimeError: Application timeout caused pair closure\n\nAt:\n  x")
+    recv = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms "
+                        "for recv operation to complete")
+    for err in (hook, recv):
+        text = context.collective_timeout(err, ctx, 0.5)
+        assert text.startswith("a collective timed out: rank 0 waited longer than "
+                               "launcher.collective_timeout_min=0.5 min") and "gloo said: " in text, text
+        assert "\n" not in text
+    assert context.collective_timeout(ValueError("timeout"), ctx, 0.5) is None  # not a backend's error
+    assert context.collective_timeout(RuntimeError("CUDA out of memory"), ctx, 0.5) is None
+    single = context.DistContext(rank=0, local_rank=0, world_size=1, local_world_size=1, device=torch.device("cpu"),
+                                 backend=None)
+    assert context.collective_timeout(recv, single, 0.5) is None
+
+
 @pytest.mark.slow
 def test_a_hung_rank_ends_a_local_run_after_the_collective_timeout(tmp_path):
     """`stgnn-train gpus=2` on this machine; rank 1 stops (SIGSTOP: a hung GPU or node) mid-training. Rank 0's

@@ -28,9 +28,11 @@ from stgnn_launch.launch.node_task import TorchrunJob, rdzv_port
 from stgnn_launch.launch.slurm_submit import batch_script, slurm_parameters
 
 try:  # tests/ on sys.path (conftest.py puts it there)
-    from slurm_cluster import job_info, slurm_cluster, submit, wait_for_job, workdir  # noqa: F401
+    from slurm_cluster import (job_info, slurm_cluster, start_requeued_now, submit, wait_for_job,  # noqa: F401
+                               workdir)
 except ImportError:  # tests/ as a package
-    from tests.slurm_cluster import job_info, slurm_cluster, submit, wait_for_job, workdir  # noqa: F401
+    from tests.slurm_cluster import (job_info, slurm_cluster, start_requeued_now, submit,  # noqa: F401
+                                     wait_for_job, workdir)
 
 TWO_CPU_RANKS = ("launcher=slurm", "launcher.cpu=true", "gpus=2", "launcher.gpus_per_node=2", "batching=dist_index")
 
@@ -306,8 +308,7 @@ def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, workdir):
         config = OmegaConf.load(run_dir / "config.yaml")
         config.trainer.max_epochs = checkpointed + 2
         OmegaConf.save(config, run_dir / "config.yaml")
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now", "TimeLimit=5"], check=True,
-                       timeout=30)
+        start_requeued_now(job_id, "TimeLimit=5")
         proc.wait(timeout=150)
     finally:
         if proc.poll() is None:
@@ -371,7 +372,7 @@ def test_train_sbatch_preempted_requeues_and_resumes_at_the_step(slurm_cluster, 
         time.sleep(0.5)
     stopped = re.findall(r"stopping at epoch (\d+) step (\d+) on a signal", out.read_text())
     assert len(stopped) == 1, out.read_text()
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+    start_requeued_now(job_id)
     # 600 s: on a loaded machine the requeued job's start and its two gloo ranks took more than 300 s once
     assert wait_for_job(job_id, timeout=600, poll_s=1) == "COMPLETED", out.read_text()
     text = out.read_text()

@@ -7,6 +7,7 @@ MASTER_ADDR and MASTER_PORT are set; without them this is a single process of wo
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -190,3 +191,21 @@ def shutdown(ctx: DistContext, together: bool = True) -> None:
         if together:
             dist.barrier(group=ctx.setup)
         dist.destroy_process_group()
+
+
+# What gloo and NCCL say when a collective waits past its timeout; gloo's words depend on where the wait
+# was ("Timed out waiting 30000ms for recv", "Application timeout caused pair closure"), often wrapped in a
+# comm hook's "Got the following error when running the callback".
+_TIMEOUT_WORDS = re.compile(r"timed out|timeout", re.IGNORECASE)
+
+
+def collective_timeout(err: BaseException, ctx: DistContext, timeout_min: float) -> str | None:
+    """One line for a training collective that waited past launcher.collective_timeout_min (a rank hung or
+    died), the backend's own words after it; None for any other error."""
+    text = str(err)
+    if not (ctx.distributed and isinstance(err, (RuntimeError, dist.DistError)) and _TIMEOUT_WORDS.search(text)):
+        return None
+    said = " ".join(text.split())[:300]
+    return (f"a collective timed out: rank {ctx.rank} waited longer than launcher.collective_timeout_min="
+            f"{timeout_min:g} min for the other ranks (one of them hung or died; failed_rank names the first "
+            f"rank that failed); {ctx.backend} said: {said}")

@@ -13,7 +13,8 @@ from typing import Iterator
 
 from stgnn_launch import run_lock
 from stgnn_launch.config.schema import Config
-from stgnn_launch.distributed.context import DistContext, init_distributed, shutdown, wait_for_all
+from stgnn_launch.distributed.context import (DistContext, collective_timeout, init_distributed, shutdown,
+                                              wait_for_all)
 from stgnn_launch.planning.plan import Plan
 from stgnn_launch.train.pipeline import Pipeline, build_pipeline, configure_device, plan_for, with_mape_threshold
 from stgnn_launch.train.preemption import Preempted
@@ -64,7 +65,7 @@ def rank_session(cfg: Config, run_dir: Path, *, training: bool) -> Iterator[Sess
         shutdown(ctx)
     except BaseException as err:
         if training and ctx.is_main and not isinstance(err, (SystemExit, Preempted)):
-            write_failed(run_dir, err)
+            write_failed(run_dir, err, collective_timeout(err, ctx, cfg.launcher.collective_timeout_min))
         raise
     finally:
         log.close()
@@ -73,10 +74,11 @@ def rank_session(cfg: Config, run_dir: Path, *, training: bool) -> Iterator[Sess
             run_lock.release(run_dir)
 
 
-def write_failed(run_dir: Path, err: BaseException) -> None:
-    """failed.json with the error; on a disk too full even for that, the error alone (no traceback), and
-    if that fails too, one line on stderr: the run's own error is what the user must see."""
-    record = {"error": str(err) or type(err).__name__, "type": type(err).__name__,
+def write_failed(run_dir: Path, err: BaseException, message: str | None = None) -> None:
+    """failed.json with the error (`message`, where the caller can say what it means, else its text); on a disk
+    too full even for that, the error alone (no traceback), and if that fails too, one line on stderr: the
+    run's own error is what the user must see."""
+    record = {"error": message or str(err) or type(err).__name__, "type": type(err).__name__,
               "traceback": traceback.format_exc(), "time": time.time()}
     for attempt in (record, {k: v for k, v in record.items() if k != "traceback"}):
         try:
