@@ -87,5 +87,3 @@ def write_failed(run_dir: Path, err: BaseException, message: str | None = None) 
         except OSError as write_err:
             reason = write_err.strerror or str(write_err)
     print(f"stgnn-train: warning: could not write {run_dir / FAILED} ({reason})", file=sys.stderr, flush=True)
-
-

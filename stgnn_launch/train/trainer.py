@@ -31,9 +31,9 @@ from tqdm import tqdm
 from stgnn_launch.config.schema import Config
 from stgnn_launch.data.batching import BatchFeed, TrainSchedule, WindowSource, eval_positions
 from stgnn_launch.data.prepare import Prepared
+from stgnn_launch.distributed.context import DistContext, StepVote, all_reduce_sum
 from stgnn_launch.errors import UserError
 from stgnn_launch.models.residual import moving_buffers
-from stgnn_launch.distributed.context import DistContext, StepVote, all_reduce_sum
 from stgnn_launch.planning.plan import Plan
 from stgnn_launch.rundir import EpochStats
 from stgnn_launch.train.checkpointer import Checkpointer, Progress
